@@ -1,0 +1,1 @@
+"""The `vqt` command line: one module per sub-command, each exposing `register(subparsers)`."""

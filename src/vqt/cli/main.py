@@ -1,0 +1,57 @@
+"""Entry point of the `vqt` console script.
+
+Every sub-command lives in its own module of this package and exposes `register(subparsers)`, which adds its
+parser and sets `func(args) -> int`. Errors derived from `VQTError` print one line and exit 2; `--debug` shows
+the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from vqt.errors import VQTError
+
+# Sub-command modules, in the order `vqt --help` lists them.
+COMMAND_MODULES = ("info",)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vqt",
+        description="Visual Query Tuning for timm Vision Transformers.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"vqt.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except VQTError as error:
+        if args.debug:
+            raise
+        print(f"vqt: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("vqt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
