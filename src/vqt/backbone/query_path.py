@@ -1,0 +1,119 @@
+"""The query path: a block's output at the query rows, from its queries P_l and its frozen tokens X_l.
+
+This is the one place the VQT math lives; the online model, the feature-store trainer, the hyper-parameter grid
+and the feature-adapting combinations all call `query_block_output`. It reuses the block's own modules (norm1,
+qkv, q_norm/k_norm, scale-norm, gate, proj, LayerScale, norm2, MLP), so every timm variant the tap accepts is
+handled by the same code. Semantics (DESIGN §1): the queries' keys and values come from X_l only; a query does
+not attend to itself or to other queries; the ordinary tokens never see the queries.
+
+Two exact forms of the attention:
+- "recompute": K, V = X_l W_k^T + b_k, X_l W_v^T + b_v, then ordinary attention. Needed with qk-norm or a
+  wrapped (e.g. LoRA) qkv; cheaper once queries x configurations exceed the head dimension.
+- "absorbed": logits = (W_k,h^T q_h) . x_i (the q_h . b_k term is constant over i and cancels in the softmax),
+  output = W_v,h (sum_i a_i x_i) + b_v,h. Autograd then saves X_l once instead of K and V: half the memory.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Form = Literal["auto", "absorbed", "recompute"]
+
+
+def _plain_qkv(attn: nn.Module) -> bool:
+    return type(attn.qkv) is nn.Linear
+
+
+def choose_form(block: nn.Module, num_queries: int) -> Literal["absorbed", "recompute"]:
+    """Absorbed while it is valid and cheaper: no key norm, a plain qkv Linear, fewer queries than head_dim."""
+    attn = block.attn
+    valid = isinstance(attn.k_norm, nn.Identity) and _plain_qkv(attn)
+    return "absorbed" if valid and num_queries < attn.head_dim else "recompute"
+
+
+def _project_queries(block: nn.Module, normed_queries: torch.Tensor) -> torch.Tensor:
+    """q = W_q norm1(P) + b_q, split into heads, q-normed and scaled: (b, H, Q, d)."""
+    attn = block.attn
+    width = attn.attn_dim
+    if _plain_qkv(attn):
+        bias = attn.qkv.bias[:width] if attn.qkv.bias is not None else None
+        q = F.linear(normed_queries, attn.qkv.weight[:width], bias)
+    else:  # a wrapped projection (e.g. LoRA): call it and keep the query third
+        q = attn.qkv(normed_queries)[..., :width]
+    b, num_queries, _ = normed_queries.shape
+    q = q.view(b, num_queries, attn.num_heads, attn.head_dim).transpose(1, 2)
+    return attn.q_norm(q) * attn.scale
+
+
+def _attend_recompute(attn: nn.Module, q: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, length, _ = tokens.shape
+    width = attn.attn_dim
+    if _plain_qkv(attn):
+        bias = attn.qkv.bias[width:] if attn.qkv.bias is not None else None
+        kv = F.linear(tokens, attn.qkv.weight[width:], bias)
+    else:
+        kv = attn.qkv(tokens)[..., width:]
+    k, v = kv.view(batch, length, 2, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    k = attn.k_norm(k)
+    weights = (q @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, H, Q, N)
+    return weights @ v, weights
+
+
+def _attend_absorbed(attn: nn.Module, q: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    heads, head_dim, width = attn.num_heads, attn.head_dim, attn.attn_dim
+    batch, length, dim = tokens.shape
+    b, _, num_queries, _ = q.shape
+    w_k = attn.qkv.weight[width : 2 * width].view(heads, head_dim, dim)
+    w_v = attn.qkv.weight[2 * width :].view(heads, head_dim, dim)
+    q_in_token_space = torch.einsum("bhqe,hed->bhqd", q, w_k).reshape(b, heads * num_queries, dim)
+    weights = (q_in_token_space @ tokens.transpose(1, 2)).softmax(dim=-1)  # (B, H*Q, N)
+    context = (weights @ tokens).view(batch, heads, num_queries, dim)
+    out = torch.einsum("bhqd,hed->bhqe", context, w_v)
+    if attn.qkv.bias is not None:
+        out = out + attn.qkv.bias[2 * width :].view(1, heads, 1, head_dim)
+    return out, weights.view(batch, heads, num_queries, length)
+
+
+def query_block_output(
+    block: nn.Module,
+    queries: torch.Tensor,
+    tokens: torch.Tensor,
+    *,
+    form: Form = "auto",
+    return_attention: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Output of `block` at the query rows.
+
+    Args:
+        block: a timm `Block` (checked by `vqt.backbone.tap.check_supported`), in eval mode.
+        queries: P_l, shape (B, Q, D) or (1, Q, D) when all images share the queries.
+        tokens: X_l = norm1_l(Z_{l-1}), shape (B, N, D); any float dtype (a store's fp16 is upcast).
+        form: "absorbed", "recompute", or "auto" (see `choose_form`).
+        return_attention: also return the queries' attention weights, (B, H, Q, N).
+
+    Returns:
+        O_l of shape (B, Q, D) (and the attention weights if asked).
+    """
+    attn = block.attn
+    tokens = tokens.to(queries.dtype)
+    if form == "auto":
+        form = choose_form(block, queries.shape[1])
+    if form == "absorbed" and not isinstance(attn.k_norm, nn.Identity):
+        raise ValueError("the absorbed form is not exact with a key norm (qk-norm); use form='recompute'")
+
+    normed = block.norm1(queries)
+    q = _project_queries(block, normed)
+    attend = _attend_absorbed if form == "absorbed" else _attend_recompute
+    out, weights = attend(attn, q, tokens)
+    batch, num_queries = out.shape[0], out.shape[2]
+    out = attn.norm(out.transpose(1, 2).reshape(batch, num_queries, attn.attn_dim))
+    if attn.gate is not None:
+        out = out * attn.gate(normed).sigmoid()
+    out = attn.proj_drop(attn.proj(out))
+    hidden = queries + block.drop_path1(block.ls1(out))
+    hidden = hidden + block.drop_path2(block.ls2(block.mlp(block.norm2(hidden))))
+    return (hidden, weights) if return_attention else hidden

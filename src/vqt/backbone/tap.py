@@ -1,0 +1,91 @@
+"""The backbone tap: one no-autograd forward of a frozen timm ViT that keeps what the queries read.
+
+For every block l it yields X_l = norm1_l(Z_{l-1}), the normalised input tokens (CLS, registers, patches) from
+which the block computes its keys and values, plus the backbone's own pre-logits feature
+(`forward_head(..., pre_logits=True)`, so each model's own pooling is honoured). The tap runs the model's own
+`forward_features`; forward hooks on each `norm1` pick up X_l, so the backbone's output is exactly the plain
+model's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from timm.layers import Attention, LayerScale
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+from vqt.errors import BackboneError
+
+
+@dataclass
+class TapOutput:
+    """What one backbone pass yields: per-block normalised inputs and the pre-logits feature."""
+
+    tokens: list[torch.Tensor]  # L tensors of shape (B, N, D): X_l = norm1_l(Z_{l-1})
+    pre_logits: torch.Tensor  # (B, D): the backbone's own pooled, normalised feature
+
+
+def check_supported(model: nn.Module) -> None:
+    """Refuse (clearly) backbones whose blocks the query path cannot reproduce exactly."""
+    if not isinstance(model, VisionTransformer):
+        raise BackboneError(
+            f"VQT needs a timm VisionTransformer, got {type(model).__name__}; other families (EVA with rotary "
+            "position embeddings, Swin, ConvNeXt, ...) are not supported"
+        )
+    for index, block in enumerate(model.blocks):
+        if type(block) is not Block:
+            raise BackboneError(
+                f"block {index} is a {type(block).__name__}; only timm's pre-norm `Block` can be honoured exactly "
+                "(parallel, post-norm and rotary-position blocks are refused)"
+            )
+        if type(block.attn) is not Attention:
+            raise BackboneError(
+                f"block {index} uses attention {type(block.attn).__name__}; only timm's `Attention` (fused qkv) "
+                "is supported"
+            )
+        for name in ("ls1", "ls2"):
+            scale = getattr(block, name)
+            if not isinstance(scale, (nn.Identity, LayerScale)):
+                raise BackboneError(f"block {index}: unsupported {name} of type {type(scale).__name__}")
+
+
+class BackboneTap(nn.Module):
+    """Runs a frozen timm ViT once and returns `TapOutput`; never records autograd history."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        check_supported(model)
+        self.model = model
+
+    @property
+    def blocks(self) -> nn.ModuleList | nn.Sequential:
+        return self.model.blocks
+
+    @property
+    def depth(self) -> int:
+        return len(self.model.blocks)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model.embed_dim)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> TapOutput:
+        tokens: list[torch.Tensor | None] = [None] * self.depth
+
+        def keep(index: int):
+            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+                tokens[index] = output
+
+            return hook
+
+        handles = [block.norm1.register_forward_hook(keep(i)) for i, block in enumerate(self.model.blocks)]
+        try:
+            final = self.model.forward_features(images)
+            pre_logits = self.model.forward_head(final, pre_logits=True)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return TapOutput(tokens=[t for t in tokens if t is not None], pre_logits=pre_logits)

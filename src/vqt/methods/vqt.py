@@ -1,0 +1,174 @@
+"""Visual Query Tuning (Tu, Mai, Chao, CVPR 2023) on a frozen timm Vision Transformer.
+
+Per block l, Q_l learnable queries P_l ask the block's frozen tokens (keys/values from X_l only) and the block's
+output at the query rows O_l is collected; the backbone itself never sees the queries. The head reads
+`[f_final, O_0, ..., O_{L-1}]` with every piece L2-normalised on its own (the reference "concat" feature).
+
+The backbone runs once without autograd (`BackboneTap`); only the cheap query path records a graph, so
+`backward()` never walks the backbone and the saved activations are about one X_l per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqt.backbone.query_path import Form, query_block_output
+from vqt.backbone.tap import BackboneTap, TapOutput
+
+Variant = Literal["concat", "mean", "weighted"]
+VARIANTS: tuple[str, ...] = ("concat", "mean", "weighted")
+HEAD_BIAS_INIT = -math.log((1 - 0.01) / 0.01)  # reference head bias, -4.595
+
+
+def query_init_bound(patch_size: int, embed_dim: int) -> float:
+    """The reference (VPT-style) uniform init bound: sqrt(6 / (3 * patch * patch + D))."""
+    return math.sqrt(6.0 / (3 * patch_size * patch_size + embed_dim))
+
+
+def combine_features(
+    pre_logits: torch.Tensor,
+    outputs: Sequence[torch.Tensor],
+    variant: Variant = "concat",
+    layer_weights: Sequence[torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """The head's input: the pre-logits feature and one piece per layer, each L2-normalised on its own.
+
+    `outputs[l]` is O_l of shape (B, Q_l, D). "concat" flattens the Q_l tokens of a layer into one vector
+    (normalised jointly), "mean" averages them, "weighted" takes a learned weighted sum (`layer_weights[l]`, Q_l).
+    """
+    pieces = [pre_logits]
+    for index, out in enumerate(outputs):
+        if variant == "concat":
+            pieces.append(out.flatten(1))
+        elif variant == "mean":
+            pieces.append(out.mean(dim=1))
+        elif variant == "weighted":
+            assert layer_weights is not None
+            pieces.append(torch.einsum("bqd,q->bd", out, layer_weights[index]))
+        else:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+    return torch.cat([F.normalize(piece, dim=-1, eps=1e-12) for piece in pieces], dim=-1)
+
+
+def feature_dim(embed_dim: int, num_queries: Sequence[int], variant: Variant) -> int:
+    per_layer = [q * embed_dim if variant == "concat" else embed_dim for q in num_queries]
+    return embed_dim + sum(per_layer)
+
+
+class VQT(nn.Module):
+    """A frozen timm ViT with per-layer learnable queries and a linear head.
+
+    Args:
+        backbone: a timm `VisionTransformer` (frozen here; kept in eval mode even while VQT trains).
+        num_classes: number of output classes.
+        num_queries: Q for every layer, or one Q per layer.
+        variant: how a layer's Q outputs become its feature piece: "concat" (reference), "mean", "weighted".
+        query_dropout: dropout on the query tokens in training (reference: 0.1), a fresh mask per image.
+        form: attention form of the query path ("auto" picks per layer; see `vqt.backbone.query_path`).
+        embed_dropout: opt-in: leave the backbone's embedding dropout active in training, as the official code
+            does by accident. Off by default.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        num_queries: int | Sequence[int] = 1,
+        variant: Variant = "concat",
+        query_dropout: float = 0.1,
+        form: Form = "auto",
+        embed_dropout: bool = False,
+    ) -> None:
+        super().__init__()
+        self.tap = BackboneTap(backbone)
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(False)
+        depth, dim = self.tap.depth, self.tap.embed_dim
+        if isinstance(num_queries, int):
+            num_queries = [num_queries] * depth
+        num_queries = [int(q) for q in num_queries]
+        if len(num_queries) != depth or min(num_queries) < 1:
+            raise ValueError(f"num_queries must be a positive int or {depth} positive ints, got {num_queries}")
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.num_queries = num_queries
+        self.variant: Variant = variant
+        self.form: Form = form
+        self.embed_dropout = embed_dropout
+        self.queries = nn.ParameterList([nn.Parameter(torch.empty(q, dim)) for q in num_queries])
+        self.layer_weights = (
+            nn.ParameterList([nn.Parameter(torch.ones(q)) for q in num_queries]) if variant == "weighted" else None
+        )
+        self.query_dropout = nn.Dropout(query_dropout)
+        self.head = nn.Linear(feature_dim(dim, num_queries, variant), num_classes)
+        self.reset_parameters()
+        self.train()
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.tap.model
+
+    def reset_parameters(self) -> None:
+        """The reference initialisation of queries and head."""
+        bound = query_init_bound(int(self.backbone.patch_embed.patch_size[0]), self.tap.embed_dim)
+        for queries in self.queries:
+            nn.init.uniform_(queries, -bound, bound)
+        if self.layer_weights is not None:
+            for weights in self.layer_weights:
+                nn.init.ones_(weights)
+        nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
+        nn.init.constant_(self.head.bias, HEAD_BIAS_INIT)
+
+    def train(self, mode: bool = True) -> VQT:
+        """Train the queries and head; the backbone stays in eval mode (frozen statistics, no dropout)."""
+        super().train(mode)
+        self.tap.eval()
+        if mode and self.embed_dropout:
+            self.backbone.pos_drop.train()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def layer_queries(self, index: int, batch: int) -> torch.Tensor:
+        """P_l as the block sees it: (1, Q, D) in eval; in training expanded to (B, Q, D) with dropout."""
+        queries = self.queries[index].unsqueeze(0)
+        if self.training and self.query_dropout.p > 0:
+            return self.query_dropout(queries.expand(batch, -1, -1))
+        return queries
+
+    def query_outputs(self, tapped: TapOutput, return_attention: bool = False) -> list:
+        """O_l (B, Q_l, D) for every layer from a tap output (online) or stored tokens (feature store)."""
+        outputs = []
+        for index, (block, tokens) in enumerate(zip(self.backbone.blocks, tapped.tokens, strict=True)):
+            queries = self.layer_queries(index, tokens.shape[0])
+            outputs.append(
+                query_block_output(block, queries, tokens, form=self.form, return_attention=return_attention)
+            )
+        return outputs
+
+    def features_from(self, tapped: TapOutput) -> torch.Tensor:
+        """The head's input vector from what the tap (or a feature store) provides."""
+        pre_logits = tapped.pre_logits.to(self.head.weight.dtype)
+        return combine_features(pre_logits, self.query_outputs(tapped), self.variant, self.layer_weights)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The feature vector: D * (1 + sum Q_l) wide for "concat"."""
+        return self.features_from(self.tap(images))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits in one backbone pass."""
+        return self.head(self.features(images))
+
+    @torch.no_grad()
+    def query_attention(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per-layer attention weights of the queries over the ordinary tokens, each (B, H, Q_l, N)."""
+        return [weights for _, weights in self.query_outputs(self.tap(images), return_attention=True)]
