@@ -1,0 +1,1 @@
+"""Measurement helpers shared by `benchmarks/` and `vqt bench`."""

@@ -1,0 +1,79 @@
+"""Count what a training step costs in memory: bytes autograd saves for backward, and peak process memory.
+
+`SavedActivations` uses `torch.autograd.graph.saved_tensors_hooks` to see every tensor autograd keeps for
+backward, counts each storage once, and leaves out parameters and buffers (they exist anyway), so the number is
+the activation memory a method adds per step. Peak memory is the CUDA allocator's peak on a GPU and the process'
+peak RSS on the CPU, measured in a fresh process per case so one case's peak cannot hide another's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import sys
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class SavedActivations:
+    """Context manager: total bytes of distinct non-parameter storages saved for backward inside it."""
+
+    def __init__(self, modules: Iterable[nn.Module] = ()) -> None:
+        self._excluded: set[int] = set()
+        for module in modules:
+            for tensor in [*module.parameters(), *module.buffers()]:
+                self._excluded.add(tensor.untyped_storage().data_ptr())
+        self._seen: dict[int, int] = {}
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda saved: saved)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        if pointer not in self._excluded:
+            self._seen[pointer] = max(self._seen.get(pointer, 0), storage.nbytes())
+        return tensor
+
+    @property
+    def bytes(self) -> int:
+        return sum(self._seen.values())
+
+    def __enter__(self) -> SavedActivations:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as stream:
+        return int(stream.read().split()[1]) * resource.getpagesize()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+def _child(target: Callable[..., dict[str, Any]], args: tuple, queue: multiprocessing.Queue) -> None:
+    try:
+        queue.put(("ok", target(*args)))
+    except BaseException as error:  # report, don't hang the parent
+        queue.put(("error", f"{type(error).__name__}: {error}"))
+
+
+def run_isolated(target: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run `target(*args)` in a fresh spawned process (its own peak RSS); return its result dict."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_child, args=(target, args, queue))
+    process.start()
+    status, result = queue.get()
+    process.join()
+    if status != "ok":
+        raise RuntimeError(result)
+    return result
