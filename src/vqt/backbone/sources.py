@@ -78,6 +78,8 @@ def create_backbone(spec: str, img_size: int | None = None) -> nn.Module:
                 raise BackboneError(
                     f"could not load {source.path} into {source.architecture}: {error}"
                 ) from error
+    # timm keeps the checkpoint's input size in pretrained_cfg; transforms must resolve the size actually built.
+    model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, *model.patch_embed.img_size)}
     model.eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)
