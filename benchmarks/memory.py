@@ -1,0 +1,149 @@
+"""Training-step memory of VQT vs the official-style VQT, a VPT-deep-like method and full fine-tuning.
+
+For each backbone and batch size, every method runs one training step (forward, backward, optimizer step) in a
+fresh process, so its peak memory is its own. Printed side by side from one run:
+- saved-activation MiB/sample: bytes autograd keeps for backward (distinct storages, parameters excluded);
+- peak training memory: CUDA peak allocation on a GPU, process peak RSS on the CPU (MiB, whole process);
+- step time (s), one step after one warm-up step.
+
+    python benchmarks/memory.py                       # ViT-S/16 and ViT-B/16, batch 8 and 32, random weights
+    python benchmarks/memory.py --models vit_small_patch16_224 --batches 8 --out results.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from vqt.bench.memory import SavedActivations, current_rss_bytes, peak_rss_bytes, run_isolated
+
+METHODS = ("vqt", "vqt-official-style", "vpt-deep-10", "full-finetune")
+MiB = 2**20
+
+
+def build(method: str, arch: str, num_classes: int) -> torch.nn.Module:
+    from vqt.backbone.sources import create_backbone
+    from vqt.methods.vpt import VPT
+    from vqt.methods.vqt import VQT
+    from vqt.methods.vqt_concat import ConcatVQT
+
+    backbone = create_backbone(f"{arch}@random")
+    if method == "vqt":
+        return VQT(backbone, num_classes)
+    if method == "vqt-official-style":
+        return ConcatVQT(backbone, num_classes)
+    if method == "vpt-deep-10":
+        return VPT(backbone, num_classes, num_prompts=10, mode="deep")
+    if method == "full-finetune":
+        backbone.reset_classifier(num_classes)
+        for parameter in backbone.parameters():
+            parameter.requires_grad_(True)
+        return backbone.train()
+    raise ValueError(method)
+
+
+def one_case(method: str, arch: str, batch: int, device: str) -> dict:
+    """Runs in its own process: build, one warm-up step, one measured step."""
+    torch.manual_seed(0)
+    num_classes = 100
+    model = build(method, arch, num_classes).to(device).train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=1e-3)
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    labels = torch.randint(0, num_classes, (batch,), device=device)
+
+    def step(count_saved: bool) -> int:
+        optimizer.zero_grad(set_to_none=True)
+        with SavedActivations([model]) as saved:
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        return saved.bytes if count_saved else 0
+
+    if device == "cuda":
+        step(False)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        saved = step(True)
+        torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+        peak = torch.cuda.max_memory_allocated()
+        before = 0
+    else:
+        before = current_rss_bytes()
+        start = time.perf_counter()
+        saved = step(True)
+        elapsed_first = time.perf_counter() - start
+        peak = peak_rss_bytes()
+        start = time.perf_counter()
+        step(False)
+        elapsed = min(elapsed_first, time.perf_counter() - start)
+    return {
+        "method": method,
+        "arch": arch,
+        "batch": batch,
+        "saved_mib_per_sample": saved / MiB / batch,
+        "peak_mib": peak / MiB,
+        "step_increase_mib": (peak - before) / MiB,
+        "step_s": elapsed,
+        "trainable": sum(p.numel() for p in trainable),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "vit_base_patch16_224"])
+    parser.add_argument("--batches", nargs="+", type=int, default=[8, 32])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    args = parser.parse_args()
+
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
+    peak_name = "CUDA peak alloc" if args.device == "cuda" else "peak RSS"
+    lines = [
+        f"Device: {where}, {torch.get_num_threads()} threads; torch {torch.__version__}; {date.today()}",
+        "",
+        f"| backbone | batch | method | saved MiB/sample | ratio to VQT | {peak_name} MiB | step increase MiB "
+        "| step s | trainable |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    ratios = []
+    for arch in args.models:
+        for batch in args.batches:
+            rows = [run_isolated(one_case, method, arch, batch, args.device) for method in METHODS]
+            ours = rows[0]["saved_mib_per_sample"]
+            for row in rows:
+                lines.append(
+                    f"| {arch} | {batch} | {row['method']} | {row['saved_mib_per_sample']:.2f} | "
+                    f"{row['saved_mib_per_sample'] / ours:.1f}x | {row['peak_mib']:.0f} | {row['step_increase_mib']:.0f} | "
+                    f"{row['step_s']:.2f} | "
+                    f"{row['trainable']:,} |"
+                )
+                print(lines[-1], flush=True)
+            by_method = {row["method"]: row["saved_mib_per_sample"] for row in rows}
+            ratios.append(
+                f"{arch} batch {batch}: VQT/VPT-deep = {ours / by_method['vpt-deep-10']:.3f}, "
+                f"VQT/official-style = {ours / by_method['vqt-official-style']:.3f} (goal <= 0.10 each)"
+            )
+    lines += ["", "Saved-activation ratios (this VQT ÷ other), measured in this run:", ""]
+    lines += [f"- {r}" for r in ratios]
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.out:
+        command = "python benchmarks/memory.py " + " ".join(sys.argv[1:])
+        notes = (
+            "Peak RSS is the whole process (Python, torch, the backbone's weights); 'step increase' is the peak "
+            "minus the RSS just before the first step. Step times are from a shared 2-core machine."
+        )
+        args.out.write_text(f"Command: `{command}`\n\n{notes}\n\n{text}\n")
+
+
+if __name__ == "__main__":
+    main()
