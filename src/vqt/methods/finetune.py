@@ -1,0 +1,62 @@
+"""Full fine-tuning: every backbone weight trains (the upper reference for memory and, often, accuracy).
+
+The usual recipe is AdamW with the backbone in training mode; `param_groups` offers layer-wise lr decay
+(BEiT/MAE style: block l gets lr * decay^(L - l), the embeddings decay^(L+1)) and no weight decay on biases,
+norms, tokens and position embeddings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vqt.methods.base import AdaptedBackbone
+
+NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "gamma")
+
+
+class FineTune(AdaptedBackbone):
+    """All backbone parameters + head train; the backbone follows `train()`/`eval()` (dropout, drop-path)."""
+
+    backbone_train_mode = True
+
+    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+        super().__init__(backbone, num_classes)
+        self._unfreeze(backbone.parameters())
+
+    def layer_id(self, name: str) -> int:
+        """0 for embeddings, l+1 for block l, L+1 for the final norm and the head."""
+        depth = len(self.backbone.blocks)
+        if name.startswith("backbone.blocks."):
+            return int(name.split(".")[2]) + 1
+        if name.startswith("backbone.") and not name.startswith(("backbone.norm", "backbone.fc_norm")):
+            return 0
+        return depth + 1
+
+    def param_groups(
+        self, lr: float, weight_decay: float = 0.05, layer_decay: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """AdamW groups: layer-wise lr scale (1.0 = off) and no decay on 1-d params and tokens."""
+        depth = len(self.backbone.blocks)
+        groups: dict[tuple[int, bool], dict[str, Any]] = {}
+        for name, parameter in self.named_parameters():
+            if not parameter.requires_grad:
+                continue
+            layer = self.layer_id(name)
+            no_decay = parameter.ndim <= 1 or any(key in name for key in NO_DECAY_NAMES)
+            key = (layer, no_decay)
+            if key not in groups:
+                scale = layer_decay ** (depth + 1 - layer)
+                groups[key] = {
+                    "params": [],
+                    "lr": lr * scale,
+                    "weight_decay": 0.0 if no_decay else weight_decay,
+                    "lr_scale": scale,
+                }
+            groups[key]["params"].append(parameter)
+        return list(groups.values())
+
+    def optimizer(self, lr: float = 1e-4, weight_decay: float = 0.05, layer_decay: float = 1.0) -> torch.optim.AdamW:
+        return torch.optim.AdamW(self.param_groups(lr, weight_decay, layer_decay), lr=lr)
