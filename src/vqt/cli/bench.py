@@ -1,0 +1,86 @@
+"""`vqt bench memory`: every method's training memory, saved activations, step time and size, in one run.
+
+Same backbone, batch and input size for all methods, each in a fresh process (see `vqt.methods.benchmark`);
+prints a Markdown table, optionally writes it (and the raw rows as JSON), and draws the accuracy-vs-memory
+scatter plot when a sweep's accuracies are given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from vqt.errors import VQTError
+
+
+def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `vqt bench memory` (shared with benchmarks/methods_memory.py)."""
+    from vqt.methods.benchmark import DEFAULT_METHODS
+
+    parser.add_argument("--backbone", default="vit_base_patch16_224@random", help="backbone spelling")
+    parser.add_argument("--batch", type=int, default=32, help="images per training step")
+    parser.add_argument("--img-size", type=int, default=224, help="input resolution")
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="registry names to measure")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (measured) step")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--num-classes", type=int, default=100, help="head size")
+    parser.add_argument("--out", type=Path, default=None, help="write the Markdown table (with the command) here")
+    parser.add_argument("--json", type=Path, default=None, help="write the raw rows here")
+    parser.add_argument("--accuracies", type=Path, default=None,
+                        help="a sweep's accuracies (JSON {method: acc} / [{method, accuracy}] or CSV) for the plot")
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="accuracy-vs-memory scatter plot path (default: next to --out, .png)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks: per-method training memory and time")
+    inner = parser.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+    memory = inner.add_parser(
+        "memory",
+        help="peak training memory, saved activations, step time and trainable parameters of every method",
+        description=__doc__,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_memory_arguments(memory)
+    memory.set_defaults(func=run_memory)
+
+
+def run_memory(args: argparse.Namespace, command: str | None = None) -> int:
+    import torch
+
+    from vqt.methods.benchmark import header, load_accuracies, markdown_table, measure_all, scatter_plot
+    from vqt.methods.registry import get_method
+
+    for name in args.methods:
+        get_method(name)  # unknown names fail before any measuring
+    if args.accuracies is not None and not args.accuracies.is_file():
+        raise VQTError(f"no such accuracies file: {args.accuracies}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VQTError("--device cuda asked for, but no CUDA device is available")
+    rows = measure_all(args.methods, args.backbone, args.batch, args.img_size, args.steps, device, args.num_classes)
+    command = command or "vqt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    text = "\n".join([header(args.backbone, args.batch, args.img_size, device, args.steps), "",
+                      markdown_table(rows, device)])
+    print("\n" + text)
+    if args.out:
+        notes = (
+            "Peak memory is the whole process (Python, torch, the backbone's weights, AdamW state); 'step increase' is "
+            "the peak minus the memory just before the first step; 'saved MiB/sample' counts the distinct tensors "
+            "autograd keeps for backward (parameters excluded)."
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(f"Command: `{command}`\n\n{notes}\n\n{text}\n")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"backbone": args.backbone, "batch": args.batch, "img_size": args.img_size,
+                                         "device": device, "rows": rows}, indent=2))
+    if args.accuracies is not None:
+        plot = args.plot or (args.out.with_suffix(".png") if args.out else Path("accuracy_vs_memory.png"))
+        drawn = scatter_plot(rows, load_accuracies(args.accuracies), plot,
+                             f"{args.backbone}, batch {args.batch}, {args.img_size}px, {device}")
+        print(f"plot: {plot} ({drawn} methods with both numbers)")
+    return 0
