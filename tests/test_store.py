@@ -1,0 +1,232 @@
+"""Feature store: contents, metadata refusal for every field, resume after interruption, half-written stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from tests.tiny_models import tiny_vit
+from vqt.backbone.tap import BackboneTap
+from vqt.errors import StoreError
+from vqt.features import extract_features, open_store, request_meta
+from vqt.features.store import COMPLETE_FILE, META_FILE, PROGRESS_FILE
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: OpenMP barriers on a shared, oversubscribed machine cost more than the maths (100x)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TRANSFORM = {"resize": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+DATASET = {"list_file": "train800.txt", "entries_sha256": "abc123"}
+COUNT = 20
+
+
+class CountingDataset(Dataset):
+    """Synthetic images that count how often they are read (to see what a resume re-reads)."""
+
+    def __init__(self, count: int = COUNT, seed: int = 0) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.images = torch.randn(count, 3, 32, 32, generator=generator)
+        self.labels = torch.randint(0, 5, (count,), generator=generator)
+        self.reads = 0
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        self.reads += 1
+        return self.images[index], int(self.labels[index])
+
+
+def extract(backbone, dataset, path: Path, **overrides):
+    options = dict(
+        backbone_spec="tiny@random",
+        transform=TRANSFORM,
+        dataset_meta=DATASET,
+        dtype="float32",
+        batch_size=4,
+        chunk_size=8,
+        progress=False,
+    )
+    options.update(overrides)
+    return extract_features(backbone, dataset, path, **options)
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return tiny_vit("plain_cls")
+
+
+@pytest.fixture
+def dataset():
+    return CountingDataset()
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 0.0), ("float16", 2e-3), ("bfloat16", 1.6e-2)])
+@pytest.mark.parametrize("family", ["plain_cls", "dinov2_ls_reg"])
+def test_store_holds_the_tap_output(
+    tmp_path: Path, dataset, dtype: str, tolerance: float, family: str
+) -> None:
+    backbone = tiny_vit(family)
+    store = extract(backbone, dataset, tmp_path / "store", dtype=dtype)
+    assert len(store) == COUNT and store.depth == 3
+    tapped = BackboneTap(backbone)(dataset.images)
+    index = np.array([7, 2, 19, 0])
+    batch, labels = store.batch(index)
+    assert torch.equal(labels, dataset.labels[index])
+    for layer in range(3):
+        got, expected = batch.tokens[layer].float(), tapped.tokens[layer][index]
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max() <= tolerance * expected.abs().max()
+    assert (batch.pre_logits.float() - tapped.pre_logits[index]).abs().max() <= tolerance * 10 + 1e-6
+    meta = json.loads((tmp_path / "store" / META_FILE).read_text())
+    assert meta["dtype"] == dtype and meta["dataset"]["count"] == COUNT and meta["transform"] == TRANSFORM
+
+
+def _expect(backbone, **changes):
+    options = dict(
+        backbone_spec="tiny@random", transform=TRANSFORM, dataset_meta=DATASET, count=COUNT, dtype="float32"
+    )
+    options.update(changes)
+    return request_meta(backbone, **options)
+
+
+def test_matching_request_opens_and_is_reused(tmp_path: Path, backbone, dataset) -> None:
+    extract(backbone, dataset, tmp_path / "s")
+    open_store(tmp_path / "s", expect=_expect(backbone))
+    reads = dataset.reads
+    extract(backbone, dataset, tmp_path / "s")  # same request: reused, nothing re-read
+    assert dataset.reads == reads
+
+
+@pytest.mark.parametrize(
+    "field, change",
+    [
+        ("backbone", dict(backbone_spec="other@random")),
+        ("transform.std", dict(transform={**TRANSFORM, "std": [0.229, 0.224, 0.225]})),
+        ("dataset.entries_sha256", dict(dataset_meta={**DATASET, "entries_sha256": "def456"})),
+        ("dataset.list_file", dict(dataset_meta={**DATASET, "list_file": "val200.txt"})),
+        ("dataset.count", dict(count=COUNT + 1)),
+        ("dtype", dict(dtype="float16")),
+    ],
+)
+def test_stale_store_refused_naming_the_field(
+    tmp_path: Path, backbone, dataset, field: str, change: dict
+) -> None:
+    extract(backbone, dataset, tmp_path / "s")
+    with pytest.raises(StoreError, match=field.replace(".", r"\.")):
+        open_store(tmp_path / "s", expect=_expect(backbone, **change))
+
+
+def test_other_weights_refused(tmp_path: Path, backbone, dataset) -> None:
+    extract(backbone, dataset, tmp_path / "s")
+    with pytest.raises(StoreError, match="weights_sha256"):
+        open_store(tmp_path / "s", expect=_expect(tiny_vit("plain_cls", seed=1)))
+
+
+def test_other_architecture_and_image_size_refused(tmp_path: Path, backbone, dataset) -> None:
+    extract(backbone, dataset, tmp_path / "s")
+    with pytest.raises(StoreError, match=r"architecture\.num_prefix_tokens"):
+        open_store(tmp_path / "s", expect=_expect(tiny_vit("dinov2_ls_reg")))
+    with pytest.raises(StoreError, match=r"img_size"):
+        open_store(tmp_path / "s", expect={"img_size": 64})
+
+
+def test_format_version_refused(tmp_path: Path, backbone, dataset) -> None:
+    extract(backbone, dataset, tmp_path / "s")
+    meta_path = tmp_path / "s" / META_FILE
+    meta = json.loads(meta_path.read_text())
+    meta["format_version"] = 999
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(StoreError, match="format_version"):
+        open_store(tmp_path / "s", expect=_expect(backbone))
+
+
+def test_extraction_refuses_a_store_of_another_request_unless_overwrite(
+    tmp_path: Path, backbone, dataset
+) -> None:
+    extract(backbone, dataset, tmp_path / "s")
+    other = {**TRANSFORM, "resize": 64}
+    with pytest.raises(StoreError, match=r"transform\.resize"):
+        extract(backbone, dataset, tmp_path / "s", transform=other)
+    store = extract(backbone, dataset, tmp_path / "s", transform=other, overwrite=True)
+    assert store.meta["transform"] == other
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _interrupt_after(chunks: int):
+    calls = []
+
+    def hook(done: int) -> None:
+        calls.append(done)
+        if len(calls) == chunks:
+            raise Interrupt
+
+    return hook
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path: Path, backbone, dataset) -> None:
+    reference = extract(backbone, CountingDataset(), tmp_path / "reference")
+    with pytest.raises(Interrupt):
+        extract(backbone, dataset, tmp_path / "s", on_chunk=_interrupt_after(2))
+    assert json.loads((tmp_path / "s" / PROGRESS_FILE).read_text())["done"] == 16
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(tmp_path / "s")
+    dataset.reads = 0
+    resumed = extract(backbone, dataset, tmp_path / "s")
+    assert dataset.reads == COUNT - 16  # only the images after the last committed chunk
+    assert np.array_equal(resumed.tokens, reference.tokens)
+    assert np.array_equal(resumed.pre_logits, reference.pre_logits)
+    assert np.array_equal(resumed.labels, reference.labels)
+
+
+def test_crash_between_chunks_resumes_from_last_commit(tmp_path: Path, backbone) -> None:
+    class Crashing(CountingDataset):
+        def __getitem__(self, index: int):
+            if index == 13:
+                raise RuntimeError("disk gone")
+            return super().__getitem__(index)
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        extract(backbone, Crashing(), tmp_path / "s")
+    assert json.loads((tmp_path / "s" / PROGRESS_FILE).read_text())["done"] == 8
+    resumed = extract(backbone, CountingDataset(), tmp_path / "s")
+    reference = extract(backbone, CountingDataset(), tmp_path / "reference")
+    assert np.array_equal(resumed.tokens, reference.tokens)
+
+
+def test_half_written_store_refused(tmp_path: Path, backbone, dataset) -> None:
+    extract(backbone, dataset, tmp_path / "s")
+    (tmp_path / "s" / COMPLETE_FILE).unlink()
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(tmp_path / "s", expect=_expect(backbone))
+    with pytest.raises(StoreError, match="not a feature store"):
+        open_store(tmp_path / "empty")
+
+
+def test_non_store_directory_refused(tmp_path: Path, backbone, dataset) -> None:
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="not a feature store"):
+        extract(backbone, dataset, tmp_path / "d")
+
+
+def test_tensor_dataset_and_unknown_dtype(tmp_path: Path, backbone) -> None:
+    data = TensorDataset(torch.randn(6, 3, 32, 32), torch.arange(6))
+    store = extract(backbone, data, tmp_path / "s", dtype="float16")
+    assert store.tokens.dtype == np.float16 and store.labels.tolist() == list(range(6))
+    with pytest.raises(StoreError, match="dtype"):
+        extract(backbone, data, tmp_path / "t", dtype="int8")
