@@ -99,7 +99,7 @@ def measure_method(
         "peak_mib": peak / MiB,
         "step_increase_mib": (peak - before) / MiB,
         "step_s": statistics.median(times) if times else first,
-        "timed_steps": len(times) if times else 1,
+        "timed_steps": len(times),  # 0: the time is the first (measured) step's, allocation warm-up included
     }
 
 
@@ -159,10 +159,14 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], device: str) -> str:
 
 
 def header(backbone: str, batch: int, img_size: int, device: str, steps: int) -> str:
+    timing = (
+        f"median of {steps} timed step(s) after one measured step"
+        if steps
+        else "the single measured step (first step of a fresh process: includes allocation warm-up, so an upper bound)"
+    )
     return (
         f"Backbone `{backbone}`, batch {batch}, {img_size}x{img_size} px, fp32; device: {device_description(device)}; "
-        f"torch {torch.__version__}; {date.today().isoformat()}; step time = median of {steps} timed step(s) after "
-        "one measured step."
+        f"torch {torch.__version__}; {date.today().isoformat()}; step time = {timing}."
     )
 
 
