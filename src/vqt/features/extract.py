@@ -9,8 +9,10 @@ opened as a complete one (`open_store` refuses it).
 from __future__ import annotations
 
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from queue import Queue
 from typing import Any
 
 import numpy as np
@@ -182,29 +184,72 @@ def extract_features(
         if on_chunk is not None:
             on_chunk(position)
 
-    position, last_commit = done, done
-    with tqdm(total=count, initial=done, unit="img", desc=f"extract {out.name}", disable=not progress) as bar:
-        for images, batch_labels in loader:
-            tapped = tap(images.to(device, non_blocking=True))
-            batch = images.shape[0]
-            block_tokens = torch.stack(tapped.tokens, dim=1).to(torch_dtype)
-            if tuple(block_tokens.shape[1:]) != token_shape[1:]:
-                raise StoreError(
-                    f"the backbone produced tokens of shape {tuple(block_tokens.shape[1:])}, expected "
-                    f"{token_shape[1:]} (image size of the dataset differs from the backbone's?)"
+    # The backbone runs in this thread; copies into the memory maps and the flushes (disk writes) run in a
+    # writer thread, so they overlap with the next batch's forward. Both release the GIL.
+    pending: Queue = Queue(maxsize=2)
+    failure: list[BaseException] = []
+
+    def write() -> None:
+        last_commit = done
+        while (item := pending.get()) is not None:
+            if failure:
+                continue  # drain: the main thread raises the failure
+            start, stop, token_rows, pre_rows, label_rows = item
+            try:
+                tokens[start:stop] = token_rows
+                pre_logits[start:stop] = pre_rows
+                labels[start:stop] = label_rows
+                if stop - last_commit >= chunk_size:
+                    commit(stop)
+                    last_commit = stop
+            except BaseException as error:  # noqa: BLE001 - re-raised in the main thread
+                failure.append(error)
+
+    writer = threading.Thread(target=write, name="vqt-store-writer", daemon=True)
+    writer.start()
+    position = done
+    try:
+        with tqdm(
+            total=count, initial=done, unit="img", desc=f"extract {out.name}", disable=not progress
+        ) as bar:
+            for images, batch_labels in loader:
+                if failure:
+                    break
+                tapped = tap(images.to(device, non_blocking=True))
+                batch = images.shape[0]
+                shape = (batch, *token_shape[1:])
+                if (
+                    tuple(tapped.tokens[0].shape[1:]) != token_shape[2:]
+                    or len(tapped.tokens) != token_shape[1]
+                ):
+                    raise StoreError(
+                        f"the backbone produced {len(tapped.tokens)} blocks of tokens of shape "
+                        f"{tuple(tapped.tokens[0].shape[1:])}, expected {token_shape[1:]} (does the image size "
+                        "of the dataset differ from the backbone's?)"
+                    )
+                block_tokens = torch.empty(shape, dtype=torch_dtype, device=tapped.pre_logits.device)
+                for layer, layer_tokens in enumerate(tapped.tokens):
+                    block_tokens[:, layer].copy_(layer_tokens)  # converts to the store dtype in the same pass
+                pre = tapped.pre_logits.to(torch_dtype)
+                if dtype == "bfloat16":
+                    block_tokens, pre = block_tokens.view(torch.int16), pre.view(torch.int16)
+                end = position + batch
+                pending.put(
+                    (
+                        position,
+                        end,
+                        block_tokens.cpu().numpy().view(np_dtype),
+                        pre.cpu().numpy().view(np_dtype),
+                        torch.as_tensor(batch_labels).to(torch.int64).numpy(),
+                    )
                 )
-            pre = tapped.pre_logits.to(torch_dtype)
-            if dtype == "bfloat16":
-                block_tokens, pre = block_tokens.view(torch.int16), pre.view(torch.int16)
-            end = position + batch
-            tokens[position:end] = block_tokens.cpu().numpy().view(np_dtype)
-            pre_logits[position:end] = pre.cpu().numpy().view(np_dtype)
-            labels[position:end] = torch.as_tensor(batch_labels).to(torch.int64).numpy()
-            position = end
-            bar.update(batch)
-            if position - last_commit >= chunk_size:
-                commit(position)
-                last_commit = position
+                position = end
+                bar.update(batch)
+    finally:
+        pending.put(None)
+        writer.join()
+    if failure:
+        raise failure[0]
     if position != count:
         raise StoreError(f"the dataset yielded {position} images but has length {count}")
     commit(position)
