@@ -1,0 +1,141 @@
+"""Command options with one source of truth for their defaults: built-in < YAML file (`--config`) < command line.
+
+Why not argparse defaults: with a YAML file in the middle, a value given on the command line must win over the
+file and the file over the default, so argparse must not fill in defaults itself. Every option here is declared
+with `default=None` (argparse), its real default kept in `Option.default` and shown in `--help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vqt.errors import VQTError
+
+
+@dataclass(frozen=True)
+class Option:
+    """One command option: its flag, real default and help text (the default is appended to the help)."""
+
+    flag: str
+    default: Any
+    help: str
+    type: Callable[[str], Any] | None = None
+    nargs: str | None = None
+    choices: Sequence[str] | None = None
+    flag_action: bool = False  # a switch: present -> True
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
+    """Add `options` to `parser` (argparse default None, so unset options can be told apart) and `--config`."""
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML file of option values (keys as the long option names, "
+        "with - or _); command-line options override it (default: none)"
+    )
+    for option in options:
+        shown = option.default if option.default is not None else "none"
+        text = f"{option.help} (default: {shown})"
+        if option.flag_action:
+            parser.add_argument(option.flag, action="store_true", default=None, help=text)
+            continue
+        kwargs: dict[str, Any] = {"default": None, "help": text}
+        if option.type is not None:
+            kwargs["type"] = option.type
+        if option.nargs is not None:
+            kwargs["nargs"] = option.nargs
+        if option.choices is not None:
+            kwargs["choices"] = option.choices
+        parser.add_argument(option.flag, **kwargs, **option.extra)
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    """Read a configuration file; a missing or malformed file is a user error, not a traceback."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError as error:
+        raise VQTError(f"configuration file not found: {path}") from error
+    except yaml.YAMLError as error:
+        raise VQTError(f"configuration file {path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise VQTError(f"configuration file {path} must hold a mapping of option names to values")
+    return {str(key).replace("-", "_"): value for key, value in data.items()}
+
+
+def resolve(args: argparse.Namespace, options: Sequence[Option]) -> dict[str, Any]:
+    """The effective configuration: defaults, then the `--config` file, then what the command line set."""
+    known = {option.dest: option for option in options}
+    config = {dest: option.default for dest, option in known.items()}
+    if getattr(args, "config", None) is not None:
+        from_file = load_yaml(args.config)
+        unknown = sorted(set(from_file) - set(known))
+        if unknown:
+            raise VQTError(f"unknown option(s) in {args.config}: {', '.join(unknown)} (known: {', '.join(known)})")
+        for key, value in from_file.items():
+            option = known[key]
+            if option.type is not None and value is not None and not isinstance(value, (list, dict, bool)):
+                try:
+                    value = option.type(str(value))
+                except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+                    raise VQTError(f"{args.config}: bad value for {key}: {value!r} ({error})") from error
+            config[key] = value
+    for dest in known:
+        value = getattr(args, dest, None)
+        if value is not None:
+            config[dest] = value
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in config.items()}
+
+
+def to_yaml(config: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(config), sort_keys=True, default_flow_style=None)
+
+
+def float_list(text: str) -> list[float]:
+    """'1.0,0.5' or '1.0 0.5' -> [1.0, 0.5]."""
+    try:
+        return [float(part) for part in text.replace(",", " ").split()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from error
+
+
+def queries_spec(text: str) -> int | dict[str, int]:
+    """'10' (every task) or 'svhn=10,dtd=1' (per task; others keep the registry's Q)."""
+    text = str(text).strip()
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"expected an integer or task=Q pairs, got {text!r}") from error
+    result: dict[str, int] = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            result[name.strip()] = int(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"bad task=Q pair {part!r}") from error
+    return result
+
+
+def compress_spec(text: str) -> str | float | None:
+    """'none', 'official' (the Q=1 tasks, keeping 0.7, as the paper) or a keep fraction in (0, 1]."""
+    text = str(text).strip().lower()
+    if text in ("none", "off", "no", ""):
+        return None
+    if text == "official":
+        return "official"
+    try:
+        value = float(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--compress takes a fraction in (0, 1], 'official' or 'none', got {text!r}") from error
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"--compress fraction must lie in (0, 1], got {value}")
+    return value

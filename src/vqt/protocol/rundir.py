@@ -1,0 +1,171 @@
+"""Run directories: atomic writes, committed units of work, resume and overwrite rules, and user-facing OS errors.
+
+A run is a folder; each unit of work (one grid configuration, one seed) is a sub-folder whose `result.json` is
+written last, atomically: a unit with it is finished and never redone, a unit without it is wiped and restarted.
+`config.yaml` says what the run is for; a rerun with another configuration is refused, a finished run (its
+`summary.json` says complete) is refused unless overwriting.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from vqt.adapters import write_atomic
+from vqt.errors import VQTError
+from vqt.protocol.config import to_yaml
+
+log = logging.getLogger("vqt.protocol")
+
+CONFIG_FILE = "config.yaml"
+SUMMARY_FILE = "summary.json"
+RESULT_FILE = "result.json"
+METRICS_FILE = "metrics.jsonl"
+STOP_ENV = "VQT_STOP_AFTER_UNITS"  # test hook: simulate a kill after this many committed units
+
+# Keys of a resolved configuration that do not change results (a rerun may differ in them).
+NON_SEMANTIC = frozenset({"out", "overwrite", "progress", "no_progress", "num_workers", "device", "store_dir",
+                          "extract_batch", "eval_batch", "config"})
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become None (JSON has no NaN; a failed configuration's loss is recorded as null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(Path(path), (json.dumps(_clean(data), indent=2, sort_keys=True) + "\n").encode())
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomic(Path(path), text.encode())
+
+
+def write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
+    write_text(path, "".join(json.dumps(_clean(dict(r)), sort_keys=True) + "\n" for r in records))
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class RunDir:
+    """A run folder: its configuration, its committed units, its summary."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def prepare(self, config: Mapping[str, Any], *, overwrite: bool, kind: str) -> bool:
+        """Create or reopen the run; returns True when resuming an unfinished run of the same configuration."""
+        semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC}
+        config_path = self.path / CONFIG_FILE
+        if config_path.is_file():
+            import yaml
+
+            stored = yaml.safe_load(config_path.read_text()) or {}
+            finished = self.is_finished()
+            stored_semantic = {k: v for k, v in stored.items() if k not in NON_SEMANTIC}
+            if overwrite:
+                log.info("overwriting %s", self.path)
+                shutil.rmtree(self.path)
+            elif finished:
+                raise VQTError(f"{self.path} holds a finished {kind} run; pass --overwrite to redo it or choose "
+                               "another --out")
+            elif stored_semantic != json.loads(json.dumps(semantic)):
+                changed = sorted(k for k in set(stored_semantic) | set(semantic)
+                                 if stored_semantic.get(k) != json.loads(json.dumps(semantic.get(k))))
+                raise VQTError(f"{self.path} holds an unfinished run of another configuration (differs in: "
+                               f"{', '.join(changed)}); rerun with the same options to resume it, or pass "
+                               "--overwrite")
+            else:
+                log.info("resuming the unfinished run in %s", self.path)
+                write_text(config_path, to_yaml(config))
+                return True
+        elif self.path.exists() and any(self.path.iterdir()) and not overwrite:
+            raise VQTError(f"{self.path} exists and is not a vqt run folder; choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        write_text(config_path, to_yaml(config))
+        return False
+
+    def is_finished(self) -> bool:
+        path = self.path / SUMMARY_FILE
+        if not path.is_file():
+            return False
+        try:
+            return read_json(path).get("status") == "complete"
+        except (OSError, ValueError):
+            return False
+
+
+def unit_done(directory: Path) -> dict[str, Any] | None:
+    """The committed result of a unit, or None (never run, or interrupted before its commit)."""
+    path = Path(directory) / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+def reset_unit(directory: Path) -> None:
+    """Wipe a half-written unit so it restarts from nothing."""
+    if Path(directory).exists():
+        shutil.rmtree(directory)
+    Path(directory).mkdir(parents=True)
+
+
+class StopCounter:
+    """Counts committed units; with `VQT_STOP_AFTER_UNITS=N` raises KeyboardInterrupt after N (tests a kill)."""
+
+    def __init__(self) -> None:
+        value = os.environ.get(STOP_ENV)
+        self.limit = int(value) if value else None
+        self.count = 0
+
+    def committed(self, units: int = 1) -> None:
+        self.count += units
+        if self.limit is not None and self.count >= self.limit:
+            raise KeyboardInterrupt(f"{STOP_ENV}={self.limit}: stopping after {self.count} units")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(function: F) -> F:
+    """Turn the OS errors a user can fix (disk full, permission) into one-line `VQTError`s."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except VQTError:
+            raise
+        except OSError as error:
+            where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+            if error.errno == errno.ENOSPC:
+                raise VQTError(f"no space left on device{where}; free some space or point --out/--store-dir to "
+                               "another disk, then rerun the same command to resume") from error
+            if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise VQTError(f"permission denied{where}: {error.strerror}") from error
+            raise
+
+    return wrapper  # type: ignore[return-value]

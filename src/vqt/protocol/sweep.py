@@ -1,0 +1,367 @@
+"""The VTAB-1k protocol (DESIGN §2) over one or many tasks, resumable, into a run folder.
+
+Per task: the lr x wd grid trains on train800 and is judged on val200 at the last epoch (ties -> the smaller lr,
+then the smaller wd); the chosen configuration trains on train800val200 with N seeds and each is evaluated on test
+at the last epoch; optionally each seed is compressed (group-lasso selection) and evaluated beside it.
+
+Run folder::
+
+    config.yaml                      resolved configuration
+    stores/<task>/<split>/           feature stores (or under --store-dir), reused when their metadata matches
+    tasks/<task>/grid/lr<lr>_wd<wd>/ metrics.jsonl (per epoch), result.json (committed last)
+    tasks/<task>/final/seed<s>/      metrics.jsonl, adapter/, adapter-compressed/, result.json
+    tasks/<task>/summary.json        chosen configuration, test mean ± std, compressed result
+    metrics.jsonl                    every unit's per-epoch records and test results, rebuilt after each task
+    summary.json, results.md, results.csv
+
+Units are trained in fixed chunks (`grid_chunk` configurations sharing one pass over the store); a chunk whose
+units all committed is skipped on resume, any other is wiped and retrained, so a resumed run computes exactly
+what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vqt.backbone.sources import create_backbone, describe
+from vqt.data.transforms import build_transform
+from vqt.errors import StoreError, VQTError
+from vqt.features import FeatureStore
+from vqt.methods.registry import get_method
+from vqt.protocol import tables
+from vqt.protocol.data import (
+    TaskSpec,
+    check_data_root,
+    class_names,
+    make_dataset,
+    read_split,
+    resolve_task_list,
+    task_store,
+)
+from vqt.protocol.models import (
+    HEAD_METHODS,
+    Trained,
+    compress,
+    evaluate_images,
+    method_kwargs,
+    save_trained,
+    train_store_configs,
+)
+from vqt.protocol.rundir import (
+    METRICS_FILE,
+    SUMMARY_FILE,
+    RunDir,
+    StopCounter,
+    read_jsonl,
+    reset_unit,
+    unit_done,
+    write_json,
+    write_jsonl,
+    write_text,
+)
+from vqt.training import LR_GRID, WD_GRID, GridConfig, Recipe, grid_configs
+from vqt.training.recipe import scaled_lr
+
+log = logging.getLogger("vqt.protocol")
+
+SWEEP_DEFAULTS: dict[str, Any] = {
+    "backbone": "vit_base_patch16_224.orig_in21k",
+    "data_root": None,
+    "tasks": "all",
+    "method": "vqt",
+    "queries": None,
+    "variant": "concat",
+    "query_dropout": 0.1,
+    "transform": "backbone",
+    "img_size": None,
+    "lrs": list(LR_GRID),
+    "wds": list(WD_GRID),
+    "seeds": 5,
+    "grid_seed": 0,
+    "data_seed": 0,
+    "epochs": 100,
+    "warmup_epochs": 10,
+    "batch_size": 128,
+    "eval_every": 10,
+    "compress": None,
+    "group_lasso": 1e-4,
+    "grid_chunk": 0,
+    "store_dtype": "float16",
+    "out": "runs/vtab1k",
+    "store_dir": None,
+    "overwrite": False,
+    "overwrite_stores": False,
+    "device": "auto",
+    "num_workers": 0,
+    "extract_batch": 64,
+    "eval_batch": 64,
+    "progress": True,
+}
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise VQTError(f"--device {name} asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def unit_name(config: GridConfig) -> str:
+    return f"lr{config.lr:g}_wd{config.weight_decay:g}"
+
+
+def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
+    """A fixed partition (size 0: one chunk), so what trains together never depends on what is done."""
+    size = size if size and size > 0 else max(1, len(items))
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+def choose(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Best last-epoch val200 accuracy; ties -> the smaller lr, then the smaller weight decay."""
+    return max(results, key=lambda r: (r["val_accuracy"], -r["lr"], -r["weight_decay"]))
+
+
+def epoch_records(trained: Trained, base: dict[str, Any]) -> list[dict[str, Any]]:
+    h = trained.history
+    return [
+        {**base, "epoch": epoch + 1, "lr_value": h.lr[epoch], "train_loss": h.train_loss[epoch],
+         "val_accuracy": h.val_accuracy[epoch] if epoch < len(h.val_accuracy) else None}
+        for epoch in range(len(h.train_loss))
+    ]
+
+
+class Sweep:
+    """One sweep over a run folder; `run()` does the work, skipping what is committed."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = {**SWEEP_DEFAULTS, **{k: v for k, v in config.items() if v is not None or k not in
+                                             SWEEP_DEFAULTS}}
+        c = self.config
+        self.method = get_method(c["method"]).name
+        if not get_method(self.method).store_trainable:
+            raise VQTError(f"`vqt sweep` trains from feature stores; method {self.method!r} changes the backbone's "
+                           f"features and must train online (`vqt train --online`); sweepable: vqt, "
+                           f"{', '.join(HEAD_METHODS)}")
+        self.tasks = resolve_task_list(c["tasks"], c["data_root"])
+        check_data_root(c["data_root"], self.tasks)
+        if not c["lrs"] or not c["wds"] or int(c["seeds"]) < 1:
+            raise VQTError("the grid needs at least one lr, one weight decay and one seed")
+        self.run_dir = RunDir(c["out"])
+        self.store_dir = Path(c["store_dir"]) if c["store_dir"] else self.run_dir.path / "stores"
+        self.progress = bool(c["progress"])
+        self.stopper = StopCounter()
+        self.feature_cache: dict = {}
+
+    # ------------------------------------------------------------------ setup
+
+    def recipe(self) -> Recipe:
+        c = self.config
+        return Recipe(batch_size=int(c["batch_size"]), epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]),
+                      eval_every=int(c["eval_every"]), data_seed=int(c["data_seed"]))
+
+    def queries_for(self, task: TaskSpec) -> int:
+        q = self.config["queries"]
+        if isinstance(q, dict):
+            return int(q.get(task.name, task.default_queries))
+        return int(q) if q is not None else task.default_queries
+
+    def keep_for(self, task: TaskSpec) -> float | None:
+        spec = self.config["compress"]
+        if spec is None:
+            return None
+        if spec == "official":
+            from vqt.data.registry import COMPRESSION_KEEP
+
+            return COMPRESSION_KEEP if task.official_compress else None
+        return float(spec)
+
+    def store(self, task: str, split: str) -> FeatureStore:
+        c = self.config
+        try:
+            return task_store(
+                self.backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task, split=split,
+                transform=self.transform, transform_description=self.transform_description,
+                store_dir=self.store_dir, dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
+                num_workers=int(c["num_workers"]), progress=self.progress, overwrite=bool(c["overwrite_stores"]),
+            )
+        except StoreError as error:
+            raise StoreError(str(error).replace("(or pass overwrite=True to replace it)",
+                                                "(pass --overwrite-stores to replace it, or use another --store-dir)")
+                             ) from error
+
+    # ------------------------------------------------------------------ the protocol
+
+    def run(self) -> dict[str, Any]:
+        c = self.config
+        self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
+        started = time.time()
+        self.device = resolve_device(c["device"])
+        self.backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
+        self.transform, self.transform_description = build_transform(
+            c["transform"], self.backbone, img_size=describe(self.backbone)["img_size"])
+        summaries = []
+        for task in self.tasks:
+            log.info("task %s (%s)", task.name, task.group)
+            summaries.append(self.run_task(task))
+            self.write_outputs(summaries, status="partial")
+        summary = self.write_outputs(summaries, status="complete", seconds=time.time() - started)
+        failed = [s for s in summaries if s["notes"]]
+        if failed:
+            details = "; ".join(f"{s['task']}: {', '.join(s['notes'])}" for s in failed)
+            summary["failures"] = (f"some configurations failed ({details}); they are marked in "
+                                   f"{self.run_dir.path / 'results.md'}, the other results are complete")
+        return summary
+
+    def run_task(self, task: TaskSpec) -> dict[str, Any]:
+        c = self.config
+        tdir = self.run_dir.path / "tasks" / task.name
+        queries = self.queries_for(task)
+        kwargs = method_kwargs(self.method, queries=queries, variant=c["variant"], query_dropout=c["query_dropout"])
+        trainval_images = read_split(c["data_root"], task.name, "train800val200")
+        num_classes, names = trainval_images.num_classes, class_names(trainval_images)
+        recipe = self.recipe()
+        base = {"task": task.name}
+
+        # 1. the grid on train800, judged on val200 at the last epoch
+        configs = grid_configs([float(x) for x in c["lrs"]], [float(x) for x in c["wds"]], [int(c["grid_seed"])])
+        for chunk in chunks(configs, int(c["grid_chunk"])):
+            dirs = [tdir / "grid" / unit_name(cfg) for cfg in chunk]
+            if all(unit_done(d) for d in dirs):
+                continue
+            for d in dirs:
+                reset_unit(d)
+            trained = train_store_configs(
+                self.method, self.backbone, num_classes, kwargs, self.store(task.name, "train800"), chunk, recipe,
+                val_store=self.store(task.name, "val200"), progress=self.progress, feature_cache=self.feature_cache)
+            for t, d in zip(trained, dirs, strict=True):
+                ident = {**base, "phase": "grid", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
+                         "seed": t.config.seed}
+                write_jsonl(d / METRICS_FILE, epoch_records(t, ident))
+                final_val = None if t.failed else t.history.final_val_accuracy
+                write_json(d / "result.json", {**ident, "status": "failed" if t.failed else "ok",
+                                               "failure": t.failed, "val_accuracy": final_val})
+            self.stopper.committed(len(chunk))
+        grid = [unit_done(tdir / "grid" / unit_name(cfg)) for cfg in configs]
+        notes = [f"{sum(r['status'] == 'failed' for r in grid)} of {len(grid)} grid configurations failed "
+                 "(non-finite loss)"] if any(r["status"] == "failed" for r in grid) else []
+        ok = [r for r in grid if r["status"] == "ok"]
+        summary: dict[str, Any] = {"task": task.name, "group": task.group, "queries": queries if "num_queries" in
+                                   kwargs else None, "method": self.method, "num_classes": num_classes,
+                                   "grid": grid, "notes": notes}
+        if not ok:
+            summary.update(status="failed", lr=None, weight_decay=None, val_accuracy=None, test_mean=None,
+                           test_std=None, seeds_done=0)
+            write_json(tdir / SUMMARY_FILE, summary)
+            return summary
+        best = choose(ok)
+        summary.update(lr=best["lr"], weight_decay=best["weight_decay"], val_accuracy=best["val_accuracy"])
+
+        # 2. the chosen configuration on train800val200, N seeds, evaluated on test at the last epoch
+        keep = self.keep_for(task)
+        seeds = [GridConfig(best["lr"], best["weight_decay"], s) for s in range(int(c["seeds"]))]
+        test_dataset = None
+        for chunk in chunks(seeds, int(c["grid_chunk"])):
+            dirs = [tdir / "final" / f"seed{cfg.seed}" for cfg in chunk]
+            if all(unit_done(d) for d in dirs):
+                continue
+            for d in dirs:
+                reset_unit(d)
+            trainval = self.store(task.name, "train800val200")
+            trained = train_store_configs(
+                self.method, self.backbone, num_classes, kwargs, trainval, chunk, recipe, progress=self.progress,
+                feature_cache=self.feature_cache)
+            models = [t.model for t in trained if t.model is not None]
+            compressed: list[nn.Module] = []
+            if keep is not None:
+                effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
+                compressed = [compress(m, trainval, keep_fraction=keep, lr=effective, weight_decay=best["weight_decay"],
+                                       epochs=recipe.epochs, group_lasso=float(c["group_lasso"]), seed=t.config.seed)
+                              for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]
+            if models:
+                if test_dataset is None:
+                    test_dataset = make_dataset(read_split(c["data_root"], task.name, "test"), self.transform)
+                accuracies = evaluate_images(models + compressed, test_dataset, batch_size=int(c["eval_batch"]),
+                                             num_workers=int(c["num_workers"]), progress=self.progress)
+            position = 0
+            for t, d in zip(trained, dirs, strict=True):
+                ident = {**base, "phase": "final", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
+                         "seed": t.config.seed}
+                records = epoch_records(t, ident)
+                result = {**ident, "status": "failed" if t.failed else "ok", "failure": t.failed,
+                          "test_accuracy": None, "compressed_test_accuracy": None, "keep": keep}
+                if t.model is not None:
+                    result["test_accuracy"] = accuracies[position]
+                    extra = {"task": task.name, "seed": t.config.seed, "lr": t.config.lr,
+                             "weight_decay": t.config.weight_decay}
+                    self.save(t.model, d / "adapter", kwargs, names, extra)
+                    if keep is not None:
+                        result["compressed_test_accuracy"] = accuracies[len(models) + position]
+                        self.save(compressed[position], d / "adapter-compressed", kwargs, names,
+                                  {**extra, "keep_fraction": keep})
+                    position += 1
+                records.append({**ident, "kind": "test", "test_accuracy": result["test_accuracy"],
+                                "compressed_test_accuracy": result["compressed_test_accuracy"]})
+                write_jsonl(d / METRICS_FILE, records)
+                write_json(d / "result.json", result)
+            self.stopper.committed(len(chunk))
+        finals = [unit_done(tdir / "final" / f"seed{cfg.seed}") for cfg in seeds]
+        done = [r for r in finals if r["status"] == "ok"]
+        if len(done) < len(finals):
+            notes.append(f"{len(finals) - len(done)} of {len(finals)} seeds failed (non-finite loss)")
+        mean, std = tables.mean_std([r["test_accuracy"] for r in done])
+        summary.update(status="ok" if done else "failed", test_mean=mean, test_std=std, seeds_done=len(done),
+                       seeds=[r["test_accuracy"] for r in finals], final=finals)
+        if keep is not None and done:
+            cmean, cstd = tables.mean_std([r["compressed_test_accuracy"] for r in done])
+            summary["compressed"] = {"keep": keep, "test_mean": cmean, "test_std": cstd,
+                                     "seeds": [r["compressed_test_accuracy"] for r in done]}
+        write_json(tdir / SUMMARY_FILE, summary)
+        return summary
+
+    def save(self, model: nn.Module, directory: Path, kwargs: dict, names: list[str], extra: dict) -> None:
+        c = self.config
+        save_trained(model, directory, method=self.method, kwargs=kwargs, backbone_spec=c["backbone"],
+                     transform=self.transform_description, class_names=names, extra=extra)
+
+    # ------------------------------------------------------------------ outputs
+
+    def write_outputs(self, summaries: list[dict[str, Any]], *, status: str, seconds: float | None = None
+                      ) -> dict[str, Any]:
+        rows = [tables.task_row(s) for s in summaries]
+        path = self.run_dir.path
+        title = f"{self.method} on {self.config['backbone']}"
+        write_text(path / "results.md", tables.markdown(rows, title))
+        write_text(path / "results.csv", tables.to_csv(rows))
+        records = []
+        for s in summaries:
+            tdir = path / "tasks" / s["task"]
+            for unit in sorted((tdir / "grid").glob("*/" + METRICS_FILE)) + sorted(
+                    (tdir / "final").glob("*/" + METRICS_FILE)):
+                records.extend(read_jsonl(unit))
+        write_jsonl(path / METRICS_FILE, records)
+        summary = {"status": status, "method": self.method, "backbone": self.config["backbone"],
+                   "transform": getattr(self, "transform_description", None), "rows": rows,
+                   "group_means": tables.group_means(rows),
+                   "compressed_group_means": tables.group_means(rows, "compressed_mean"),
+                   "tasks": [s["task"] for s in summaries]}
+        if seconds is not None:
+            summary["seconds"] = round(seconds, 1)
+        write_json(path / SUMMARY_FILE, summary)
+        return summary
+
+
+def run_sweep(config: dict[str, Any], on_table: Callable[[list[dict[str, Any]]], None] | None = None
+              ) -> dict[str, Any]:
+    """Python API of `vqt sweep`: run (or resume) the protocol described by `config` (keys of SWEEP_DEFAULTS)."""
+    summary = Sweep(config).run()
+    if on_table is not None:
+        on_table(summary["rows"])
+    return summary  # summary.get("failures"): a message when some configuration failed (NaN loss)
