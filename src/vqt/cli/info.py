@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Show the configuration of an adapter folder or the metadata of a feature store.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("path", type=Path, help="an adapter folder or a feature-store folder")
+    parser.add_argument("path", type=Path, help="an adapter folder, a feature-store folder or a run folder")
     parser.add_argument("--json", action="store_true", help="print raw JSON instead of a table")
     parser.set_defaults(func=run)
 
@@ -29,6 +29,13 @@ def describe_path(path: Path) -> tuple[str, dict]:
 
     if (path / CONFIG_NAME).is_file():
         return "adapter", read_adapter_config(path)
+    from vqt.protocol.models import TRAINED_CONFIG, read_trained_config
+    from vqt.protocol.rundir import SUMMARY_FILE, read_json
+
+    if (path / TRAINED_CONFIG).is_file():
+        return "adapter", read_trained_config(path)
+    if (path / SUMMARY_FILE).is_file():
+        return "run", read_json(path / SUMMARY_FILE)
     from vqt.features.store import read_meta
 
     return "feature store", read_meta(path)

@@ -110,10 +110,11 @@ def task_store(
     num_workers: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    out: str | Path | None = None,
 ) -> FeatureStore:
     """The feature store of one split: reused when it matches, resumed when half-written, extracted otherwise."""
     images = read_split(data_root, task, split)
-    out = Path(store_dir) / task / split
+    out = Path(out) if out is not None else Path(store_dir) / task / split
     return extract_features(
         backbone,
         make_dataset(images, transform),

@@ -53,6 +53,16 @@ TRAINED_WEIGHTS = "trained.safetensors"
 HEAD_METHODS = ("linear", "head2toe")
 
 
+def make_backbone(spec: str, img_size: int | None = None) -> nn.Module:
+    """`create_backbone`, except that `ARCH@random` weights come from seed 0: a run, its resumption and its
+    adapters must all see the same backbone (stores and adapters check the weights' fingerprint)."""
+    if spec.strip().endswith("@random"):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return create_backbone(spec, img_size=img_size)
+    return create_backbone(spec, img_size=img_size)
+
+
 def method_kwargs(method: str, *, queries: int, variant: str = "concat", query_dropout: float = 0.1) -> dict:
     """The builder keyword arguments the protocol passes for `method` (Q only for the query methods)."""
     if method == "vqt" or method.startswith("vqt"):
@@ -71,6 +81,14 @@ def build_model(method: str, backbone: nn.Module, num_classes: int, kwargs: dict
     if isinstance(model, VQT):
         seed_init(model, seed)
     return model
+
+
+def make_recipe(**fields: Any) -> Recipe:
+    """A `Recipe`, with inconsistent settings (e.g. more warm-up than epochs) reported as user errors."""
+    try:
+        return Recipe(**fields)
+    except ValueError as error:
+        raise VQTError(f"invalid training settings: {error}") from error
 
 
 def non_finite(history: History) -> bool:
@@ -359,6 +377,11 @@ def read_trained_config(directory: str | Path) -> dict[str, Any]:
 def load_trained(directory: str | Path, backbone: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Load what `save_trained` wrote: (model in eval mode, its config)."""
     directory = Path(directory)
+    if backbone is None:
+        config = read_trained_config(directory)
+        if "backbone" not in config:
+            raise AdapterError(f"{directory}: the adapter config names no backbone")
+        backbone = make_backbone(config["backbone"], img_size=config.get("img_size"))
     if (directory / CONFIG_NAME).is_file():
         model = load_adapter(directory, backbone)
         return model, read_trained_config(directory)
@@ -367,8 +390,6 @@ def load_trained(directory: str | Path, backbone: nn.Module | None = None) -> tu
     if data is None or hashlib.sha256(data).hexdigest() != config.get("weights_sha256"):
         raise AdapterError(f"adapter weights in {directory} are missing or corrupt (checksum mismatch)")
     tensors = st_load(data)
-    if backbone is None:
-        backbone = create_backbone(config["backbone"], img_size=config.get("img_size"))
     check_backbone({**config, "weights_fingerprint": config.get("weights_fingerprint")}, backbone,
                    check_weights=config.get("weights_fingerprint") is not None)
     with torch.random.fork_rng(devices=[]):

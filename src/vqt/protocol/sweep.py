@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqt.backbone.sources import create_backbone, describe
+from vqt.backbone.sources import describe
 from vqt.data.transforms import build_transform
 from vqt.errors import StoreError, VQTError
 from vqt.features import FeatureStore
@@ -50,6 +50,8 @@ from vqt.protocol.models import (
     Trained,
     compress,
     evaluate_images,
+    make_backbone,
+    make_recipe,
     method_kwargs,
     save_trained,
     train_store_configs,
@@ -164,7 +166,7 @@ class Sweep:
 
     def recipe(self) -> Recipe:
         c = self.config
-        return Recipe(batch_size=int(c["batch_size"]), epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]),
+        return make_recipe(batch_size=int(c["batch_size"]), epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]),
                       eval_every=int(c["eval_every"]), data_seed=int(c["data_seed"]))
 
     def queries_for(self, task: TaskSpec) -> int:
@@ -204,7 +206,7 @@ class Sweep:
         self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
         started = time.time()
         self.device = resolve_device(c["device"])
-        self.backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
+        self.backbone = make_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
         self.transform, self.transform_description = build_transform(
             c["transform"], self.backbone, img_size=describe(self.backbone)["img_size"])
         summaries = []

@@ -1,0 +1,64 @@
+"""`vqt extract`: the feature store of one split (per-block tokens and pre-logits), resumable, checked on reuse."""
+
+from __future__ import annotations
+
+import argparse
+
+from vqt.protocol.config import Option, add_options, resolve
+
+OPTIONS = (
+    Option("--backbone", "vit_base_patch16_224.orig_in21k", "backbone spelling"),
+    Option("--data-root", None, "VTAB-1k root: <root>/<task>/<split>.txt list files"),
+    Option("--task", None, "task name"),
+    Option("--split", "train800val200", "split to extract"),
+    Option("--out", None, "store folder (unset: stores/<task>/<split>)"),
+    Option("--transform", "backbone", "input normalisation", choices=("backbone", "official")),
+    Option("--img-size", None, "input resolution the backbone is built at (unset: its own)", type=int),
+    Option("--dtype", "float16", "stored dtype", choices=("float16", "bfloat16", "float32")),
+    Option("--batch-size", 64, "images per backbone pass", type=int),
+    Option("--num-workers", 0, "image-decoding worker processes", type=int),
+    Option("--device", "auto", "cpu, cuda or auto"),
+    Option("--overwrite", False, "replace a store made for another request", flag_action=True),
+    Option("--no-progress", False, "hide the progress bar", flag_action=True),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("extract", help="extract the feature store of a split", description=__doc__)
+    add_options(parser, OPTIONS)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vqt.protocol.rundir import user_errors
+
+    return user_errors(_run)(resolve(args, OPTIONS))
+
+
+def _run(c: dict) -> int:
+    from pathlib import Path
+
+    from vqt.backbone.sources import describe
+    from vqt.data.transforms import build_transform
+    from vqt.errors import StoreError, VQTError
+    from vqt.protocol.data import check_data_root, resolve_task_list, task_store
+    from vqt.protocol.models import make_backbone
+    from vqt.protocol.sweep import resolve_device
+
+    if not c["task"]:
+        raise VQTError("no task given (--task)")
+    task = resolve_task_list(c["task"], c["data_root"])[0]
+    check_data_root(c["data_root"], [task], (c["split"],))
+    backbone = make_backbone(c["backbone"], img_size=c["img_size"]).to(resolve_device(c["device"]))
+    transform, description = build_transform(c["transform"], backbone, img_size=describe(backbone)["img_size"])
+    out = Path(c["out"]) if c["out"] else Path("stores") / task.name / c["split"]
+    try:
+        store = task_store(backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,
+                           split=c["split"], transform=transform, transform_description=description,
+                           store_dir=out.parent.parent, dtype=c["dtype"], batch_size=int(c["batch_size"]),
+                           num_workers=int(c["num_workers"]), progress=not c["no_progress"],
+                           overwrite=bool(c["overwrite"]), out=out)
+    except StoreError as error:
+        raise StoreError(str(error).replace("(or pass overwrite=True to replace it)", "(pass --overwrite)")) from error
+    print(f"{store.path}: {len(store)} images, tokens {tuple(store.tokens.shape)} {store.dtype}")
+    return 0

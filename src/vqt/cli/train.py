@@ -1,0 +1,80 @@
+"""`vqt train`: one task, one configuration, into a run folder (from a feature store, or `--online` from images)."""
+
+from __future__ import annotations
+
+import argparse
+
+from vqt.protocol.config import Option, add_options, compress_spec, queries_spec, resolve
+from vqt.protocol.single import TRAIN_DEFAULTS as D
+
+OPTIONS = (
+    Option("--backbone", D["backbone"], "backbone spelling: NAME.TAG (hub), NAME@FILE, NAME@random, offline:dinov2_s14"),
+    Option("--data-root", D["data_root"], "VTAB-1k root: <root>/<task>/<split>.txt list files"),
+    Option("--task", D["task"], "task name (a VTAB-1k name, or any folder under --data-root)"),
+    Option("--method", D["method"], "method of the registry (vqt, linear, head2toe, lora, vpt-deep, ...); "
+           "methods that change the backbone's features always train online"),
+    Option("--queries", D["queries"], "Q per layer (unset: the task's official Q)", type=queries_spec),
+    Option("--variant", D["variant"], "how a layer's query outputs form its feature piece",
+           choices=("concat", "mean", "weighted")),
+    Option("--query-dropout", D["query_dropout"], "dropout on the queries in training", type=float),
+    Option("--transform", D["transform"], "input normalisation", choices=("backbone", "official")),
+    Option("--img-size", D["img_size"], "input resolution the backbone is built at (unset: its own)", type=int),
+    Option("--lr", D["lr"], "peak lr (unscaled; multiplied by batch/256)", type=float),
+    Option("--wd", D["wd"], "weight decay (coupled L2, none on the head bias)", type=float),
+    Option("--epochs", D["epochs"], "training epochs", type=int),
+    Option("--warmup-epochs", D["warmup_epochs"], "linear warm-up epochs before the cosine", type=int),
+    Option("--batch-size", D["batch_size"], "training batch", type=int),
+    Option("--seed", D["seed"], "initialisation (and query-dropout) seed", type=int),
+    Option("--data-seed", D["data_seed"], "training-order seed (unset: --seed)", type=int),
+    Option("--eval-every", D["eval_every"], "validation accuracy every this many epochs", type=int),
+    Option("--train-split", D["train_split"], "split to train on"),
+    Option("--val-split", D["val_split"], "split to validate on each --eval-every epochs (unset: none)"),
+    Option("--eval-split", D["eval_split"], "split evaluated at the end"),
+    Option("--online", D["online"], "train from images through the backbone instead of a feature store",
+           flag_action=True),
+    Option("--augment", D["augment"], "random resized crop + flip on the training images (needs --online)",
+           flag_action=True),
+    Option("--compress", D["compress"], "group-lasso feature selection keeping this fraction, evaluated beside "
+           "the uncompressed model ('official': 0.7 on Q=1 tasks)", type=compress_spec),
+    Option("--group-lasso", D["group_lasso"], "lambda of the compression penalty", type=float),
+    Option("--store-dtype", D["store_dtype"], "dtype of the feature stores", choices=("float16", "bfloat16", "float32")),
+    Option("--out", D["out"], "run folder"),
+    Option("--store-dir", D["store_dir"], "feature-store cache (unset: <out>/stores)"),
+    Option("--overwrite", D["overwrite"], "replace a finished run in --out", flag_action=True),
+    Option("--overwrite-stores", D["overwrite_stores"], "replace cached stores made for another request",
+           flag_action=True),
+    Option("--device", D["device"], "cpu, cuda, cuda:1 or auto"),
+    Option("--num-workers", D["num_workers"], "image-decoding worker processes", type=int),
+    Option("--extract-batch", D["extract_batch"], "images per backbone pass when extracting stores", type=int),
+    Option("--eval-batch", D["eval_batch"], "images per backbone pass when evaluating", type=int),
+    Option("--no-progress", False, "hide progress bars", flag_action=True),
+)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train one configuration on one task and save its adapter",
+        description=__doc__ + " Options may come from a YAML file (--config); the command line wins.",
+    )
+    add_options(parser, OPTIONS)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vqt.protocol.rundir import user_errors
+    from vqt.protocol.single import run_train
+
+    config = resolve(args, OPTIONS)
+    config["progress"] = not config.pop("no_progress")
+    summary = user_errors(run_train)(config)
+    line = f"{summary['task']}: val {_pct(summary.get('val_accuracy'))}, {summary.get('eval_split')} " \
+           f"{_pct(summary.get('eval_accuracy'))}"
+    if "compressed_eval_accuracy" in summary:
+        line += f", compressed (keep {summary['keep']}) {_pct(summary['compressed_eval_accuracy'])}"
+    print(line)
+    print(f"adapter: {config['out']}/adapter")
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}%"

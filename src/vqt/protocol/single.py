@@ -1,0 +1,159 @@
+"""One task, one configuration (`vqt train`): from a feature store, or online from images (with augmentation).
+
+Writes a run folder: config.yaml, metrics.jsonl (per epoch, then the evaluation), adapter/ (and
+adapter-compressed/), summary.json. A non-finite loss stops the run with a clear error after recording it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from vqt.backbone.sources import describe
+from vqt.data.transforms import build_transform
+from vqt.errors import VQTError
+from vqt.methods.registry import get_method
+from vqt.protocol.data import (
+    check_data_root,
+    class_names,
+    make_dataset,
+    read_split,
+    resolve_task_list,
+    task_store,
+)
+from vqt.protocol.models import (
+    build_model,
+    compress,
+    evaluate_images,
+    fit_online,
+    make_backbone,
+    make_recipe,
+    method_kwargs,
+    save_trained,
+    train_store_configs,
+)
+from vqt.protocol.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, write_json, write_jsonl
+from vqt.protocol.sweep import SWEEP_DEFAULTS, epoch_records, resolve_device
+from vqt.training import GridConfig
+from vqt.training.recipe import scaled_lr
+
+log = logging.getLogger("vqt.protocol")
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    **{k: SWEEP_DEFAULTS[k] for k in ("backbone", "data_root", "method", "queries", "variant", "query_dropout",
+                                      "transform", "img_size", "epochs", "warmup_epochs", "batch_size",
+                                      "eval_every", "group_lasso", "store_dtype", "store_dir", "overwrite",
+                                      "overwrite_stores", "device", "num_workers", "extract_batch", "eval_batch",
+                                      "progress")},
+    "task": None,
+    "lr": 0.1,
+    "wd": 1e-4,
+    "seed": 0,
+    "data_seed": None,
+    "train_split": "train800val200",
+    "val_split": None,
+    "eval_split": "test",
+    "online": False,
+    "augment": False,
+    "compress": None,
+    "out": "runs/train",
+}
+
+
+def run_train(config: dict[str, Any]) -> dict[str, Any]:
+    """Python API of `vqt train`; returns the summary (accuracies as fractions)."""
+    c = {**TRAIN_DEFAULTS, **{k: v for k, v in config.items() if v is not None or k not in TRAIN_DEFAULTS}}
+    if not c["task"]:
+        raise VQTError("no task given (--task)")
+    method = get_method(c["method"]).name
+    online = bool(c["online"]) or not get_method(method).store_trainable
+    if c["augment"] and not online:
+        raise VQTError("--augment needs --online (a feature store holds one fixed view of each image)")
+    if c["compress"] not in (None, "official") and online:
+        raise VQTError("--compress reads the training features from a feature store; drop --online")
+    task = resolve_task_list(c["task"], c["data_root"])[0]
+    splits = tuple(s for s in (c["train_split"], c["val_split"], c["eval_split"]) if s)
+    check_data_root(c["data_root"], [task], splits)
+    run = RunDir(c["out"])
+    run.prepare(c, overwrite=bool(c["overwrite"]), kind="train")
+    started = time.time()
+    device = resolve_device(c["device"])
+    backbone = make_backbone(c["backbone"], img_size=c["img_size"]).to(device)
+    size = describe(backbone)["img_size"]
+    transform, description = build_transform(c["transform"], backbone, img_size=size)
+    queries = int(c["queries"]) if isinstance(c["queries"], int) else (
+        c["queries"] or {}).get(task.name, task.default_queries)
+    kwargs = method_kwargs(method, queries=queries, variant=c["variant"], query_dropout=c["query_dropout"])
+    train_images = read_split(c["data_root"], task.name, c["train_split"])
+    num_classes, names = train_images.num_classes, class_names(train_images)
+    recipe = make_recipe(lr=float(c["lr"]), weight_decay=float(c["wd"]), batch_size=int(c["batch_size"]),
+                    epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]), eval_every=int(c["eval_every"]),
+                    seed=int(c["seed"]), data_seed=c["data_seed"])
+    ident = {"task": task.name, "phase": "train", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+             "seed": recipe.seed}
+    store_dir = Path(c["store_dir"]) if c["store_dir"] else run.path / "stores"
+    train_store = None
+
+    def store(split: str):
+        return task_store(backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,
+                          split=split, transform=transform, transform_description=description, store_dir=store_dir,
+                          dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
+                          num_workers=int(c["num_workers"]), progress=bool(c["progress"]),
+                          overwrite=bool(c["overwrite_stores"]))
+
+    if online:
+        model = build_model(method, backbone, num_classes, kwargs, recipe.seed).to(device)
+        train_transform = build_transform(c["transform"], backbone, img_size=size, train=bool(c["augment"]))[0]
+        val = make_dataset(read_split(c["data_root"], task.name, c["val_split"]), transform) if c["val_split"] else None
+        history = fit_online(model, make_dataset(train_images, train_transform), recipe, val_dataset=val,
+                             num_workers=int(c["num_workers"]), progress=bool(c["progress"]))
+        from vqt.protocol.models import Trained, _failure, non_finite
+
+        trained = Trained(GridConfig(recipe.lr, recipe.weight_decay, recipe.seed), history, model,
+                          _failure(history) if non_finite(history) else None)
+    else:
+        train_store = store(c["train_split"])
+        val_store = store(c["val_split"]) if c["val_split"] else None
+        trained = train_store_configs(method, backbone, num_classes, kwargs, train_store,
+                                      [GridConfig(recipe.lr, recipe.weight_decay, recipe.seed)], recipe,
+                                      val_store=val_store, progress=bool(c["progress"]))[0]
+    records = epoch_records(trained, ident)
+    if trained.failed:
+        write_jsonl(run.path / METRICS_FILE, records)
+        write_json(run.path / SUMMARY_FILE, {"status": "failed", "failure": trained.failed, **ident})
+        raise VQTError(f"training stopped: {trained.failed} (lr {recipe.lr:g}, wd {recipe.weight_decay:g}); "
+                       "try a smaller --lr")
+    model = trained.model
+    keep = (0.7 if task.official_compress else None) if c["compress"] == "official" else c["compress"]
+    models = [model]
+    if keep is not None and train_store is not None:
+        models.append(compress(model, train_store, keep_fraction=float(keep),
+                               lr=scaled_lr(recipe.lr, recipe.batch_size, recipe.scale_lr),
+                               weight_decay=recipe.weight_decay, epochs=recipe.epochs,
+                               group_lasso=float(c["group_lasso"]), seed=recipe.seed))
+    summary: dict[str, Any] = {"status": "complete", **ident, "method": method, "backbone": c["backbone"],
+                               "queries": kwargs.get("num_queries"), "transform": description,
+                               "val_accuracy": trained.history.final_val_accuracy, "eval_split": c["eval_split"]}
+    if c["eval_split"]:
+        dataset = make_dataset(read_split(c["data_root"], task.name, c["eval_split"]), transform)
+        accuracies = evaluate_images(models, dataset, batch_size=int(c["eval_batch"]),
+                                     num_workers=int(c["num_workers"]), progress=bool(c["progress"]))
+        summary["eval_accuracy"] = accuracies[0]
+        if len(accuracies) > 1:
+            summary["compressed_eval_accuracy"] = accuracies[1]
+        records.append({**ident, "kind": "eval", "split": c["eval_split"], "accuracy": accuracies[0],
+                        "compressed_accuracy": accuracies[1] if len(accuracies) > 1 else None})
+    extra = {"task": task.name, "seed": recipe.seed, "lr": recipe.lr, "weight_decay": recipe.weight_decay}
+    save_trained(model, run.path / "adapter", method=method, kwargs=kwargs, backbone_spec=c["backbone"],
+                 transform=description, class_names=names, extra=extra)
+    if len(models) > 1:
+        save_trained(models[1], run.path / "adapter-compressed", method=method, kwargs=kwargs,
+                     backbone_spec=c["backbone"], transform=description, class_names=names,
+                     extra={**extra, "keep_fraction": keep})
+        summary["keep"] = keep
+    summary["seconds"] = round(time.time() - started, 1)
+    write_jsonl(run.path / METRICS_FILE, records)
+    write_json(run.path / SUMMARY_FILE, summary)
+    return summary
