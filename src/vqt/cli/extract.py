@@ -40,7 +40,7 @@ def _run(c: dict) -> int:
 
     from vqt.backbone.sources import describe
     from vqt.data.transforms import build_transform
-    from vqt.errors import StoreError, VQTError
+    from vqt.errors import VQTError
     from vqt.protocol.data import check_data_root, resolve_task_list, task_store
     from vqt.protocol.models import make_backbone
     from vqt.protocol.sweep import resolve_device
@@ -52,13 +52,10 @@ def _run(c: dict) -> int:
     backbone = make_backbone(c["backbone"], img_size=c["img_size"]).to(resolve_device(c["device"]))
     transform, description = build_transform(c["transform"], backbone, img_size=describe(backbone)["img_size"])
     out = Path(c["out"]) if c["out"] else Path("stores") / task.name / c["split"]
-    try:
-        store = task_store(backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,
-                           split=c["split"], transform=transform, transform_description=description,
-                           store_dir=out.parent.parent, dtype=c["dtype"], batch_size=int(c["batch_size"]),
-                           num_workers=int(c["num_workers"]), progress=not c["no_progress"],
-                           overwrite=bool(c["overwrite"]), out=out)
-    except StoreError as error:
-        raise StoreError(str(error).replace("(or pass overwrite=True to replace it)", "(pass --overwrite)")) from error
+    store = task_store(backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,
+                       split=c["split"], transform=transform, transform_description=description,
+                       store_dir=out.parent.parent, dtype=c["dtype"], batch_size=int(c["batch_size"]),
+                       num_workers=int(c["num_workers"]), progress=not c["no_progress"],
+                       overwrite=bool(c["overwrite"]), out=out, overwrite_hint="pass --overwrite to replace it")
     print(f"{store.path}: {len(store)} images, tokens {tuple(store.tokens.shape)} {store.dtype}")
     return 0

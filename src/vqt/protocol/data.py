@@ -17,7 +17,7 @@ from torch import nn
 from vqt.data.dataset import ImageListDataset
 from vqt.data.lists import ImageList, read_vtab_split
 from vqt.data.registry import SPLITS, TASKS, find_task, resolve_tasks
-from vqt.errors import DataError
+from vqt.errors import DataError, StoreError
 from vqt.features import FeatureStore, extract_features
 
 log = logging.getLogger("vqt.protocol")
@@ -111,10 +111,22 @@ def task_store(
     progress: bool = True,
     overwrite: bool = False,
     out: str | Path | None = None,
+    overwrite_hint: str = "pass --overwrite-stores to replace it, or use another --store-dir",
 ) -> FeatureStore:
     """The feature store of one split: reused when it matches, resumed when half-written, extracted otherwise."""
     images = read_split(data_root, task, split)
     out = Path(out) if out is not None else Path(store_dir) / task / split
+    try:
+        return _extract(backbone, images, out, backbone_spec, task, split, transform, transform_description, dtype,
+                        batch_size, num_workers, progress, overwrite)
+    except StoreError as error:
+        raise StoreError(str(error).replace("(or pass overwrite=True to replace it)", f"({overwrite_hint})")
+                         ) from error
+
+
+def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: str, task: str, split: str,
+             transform: Callable[[Any], Any], transform_description: Mapping[str, Any], dtype: str,
+             batch_size: int, num_workers: int, progress: bool, overwrite: bool) -> FeatureStore:
     return extract_features(
         backbone,
         make_dataset(images, transform),

@@ -32,7 +32,7 @@ from torch import nn
 
 from vqt.backbone.sources import describe
 from vqt.data.transforms import build_transform
-from vqt.errors import StoreError, VQTError
+from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.registry import get_method
 from vqt.protocol import tables
@@ -187,17 +187,12 @@ class Sweep:
 
     def store(self, task: str, split: str) -> FeatureStore:
         c = self.config
-        try:
-            return task_store(
-                self.backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task, split=split,
-                transform=self.transform, transform_description=self.transform_description,
-                store_dir=self.store_dir, dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
-                num_workers=int(c["num_workers"]), progress=self.progress, overwrite=bool(c["overwrite_stores"]),
-            )
-        except StoreError as error:
-            raise StoreError(str(error).replace("(or pass overwrite=True to replace it)",
-                                                "(pass --overwrite-stores to replace it, or use another --store-dir)")
-                             ) from error
+        return task_store(
+            self.backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task, split=split,
+            transform=self.transform, transform_description=self.transform_description,
+            store_dir=self.store_dir, dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
+            num_workers=int(c["num_workers"]), progress=self.progress, overwrite=bool(c["overwrite_stores"]),
+        )
 
     # ------------------------------------------------------------------ the protocol
 
