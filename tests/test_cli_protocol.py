@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import importlib.util
 import json
 import statistics
 from pathlib import Path
@@ -32,9 +31,11 @@ def one_thread():
 
 def synth(root: Path, tasks: str) -> None:
     """`vqt data synth` when that command exists (it is written beside this one), else the generator itself."""
-    if importlib.util.find_spec("vqt.cli.data") is not None:
-        rc = main(["data", "synth", "--tasks", tasks, "--out", str(root), "--train", "16", "--val", "8",
-                   "--test", "16", "--size", "32"])
+    from vqt.cli.main import COMMAND_MODULES
+
+    if "data" in COMMAND_MODULES:
+        rc = main(["data", "synth", tasks, "--out", str(root), "--train", "16", "--val", "8", "--test", "16",
+                   "--size", "32"])
         assert rc == 0
         return
     from vqt.data.synth import generate_task
