@@ -1,1 +1,19 @@
-"""protocol"""
+"""The VTAB-1k protocol runner behind `vqt train / sweep / eval / predict / extract`, usable from Python."""
+
+from vqt.protocol.models import load_trained, make_backbone, save_trained
+from vqt.protocol.predict import evaluate_adapter, predict
+from vqt.protocol.single import TRAIN_DEFAULTS, run_train
+from vqt.protocol.sweep import SWEEP_DEFAULTS, Sweep, run_sweep
+
+__all__ = [
+    "SWEEP_DEFAULTS",
+    "TRAIN_DEFAULTS",
+    "Sweep",
+    "evaluate_adapter",
+    "load_trained",
+    "make_backbone",
+    "predict",
+    "run_sweep",
+    "run_train",
+    "save_trained",
+]
