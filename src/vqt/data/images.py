@@ -107,7 +107,7 @@ def _stretch(grey: np.ndarray) -> np.ndarray:
     low, high = float(grey.min(initial=0.0)), float(grey.max(initial=0.0))
     if high <= low:
         return np.zeros(grey.shape, dtype=np.uint8)
-    return np.rint((grey - low) * (255.0 / (high - low))).astype(np.uint8)
+    return np.rint((grey - low) * 255.0 / (high - low)).astype(np.uint8)
 
 
 def _grey_to_rgb(grey: np.ndarray) -> Image.Image:
