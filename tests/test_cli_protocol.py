@@ -123,6 +123,13 @@ def test_synth_sweep_predict_end_to_end(data_root: Path, tmp_path: Path, capsys)
     assert main(["predict", str(compressed_adapter), str(images / "000000.png")]) == 0
     assert "000000.png" in capsys.readouterr().out
 
+    # `vqt info` describes runs and both adapter formats.
+    assert main(["info", str(out), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "complete"
+    assert main(["info", str(compressed_adapter), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == "vqt" and info["selected_head"] and info["keep_fraction"] == 0.7
+
     # A finished run is not redone.
     assert main(sweep_args(data_root, out, "dsprites_ori,clevr_count", "--compress", "0.7")) == 2
     assert "finished sweep run" in capsys.readouterr().err
