@@ -39,7 +39,8 @@ def build_transform(
     """Return ``(transform, description)`` for a named choice.
 
     `model` (a timm model, or a timm data-config / pretrained-config dict) is needed for ``backbone``.
-    `img_size` overrides the input size (``official`` defaults to 224).
+    `img_size` overrides the input size; by default ``backbone`` uses the size the model was built for and
+    ``official`` uses 224.
     """
     description = describe_transform(name, model, img_size, train)
     return transform_from_description(description), description
@@ -64,7 +65,9 @@ def describe_transform(
         }
     elif name == "backbone":
         config = _data_config(model)
-        size = _pair(img_size) if img_size is not None else tuple(int(v) for v in config["input_size"][-2:])
+        if img_size is None:
+            img_size = _model_input_size(model) or tuple(int(v) for v in config["input_size"][-2:])
+        size = _pair(img_size)
         crop_pct = config.get("crop_pct")
         description = {
             "name": "backbone",
@@ -132,6 +135,16 @@ def _data_config(model: nn.Module | Mapping[str, Any] | None) -> dict[str, Any]:
     if isinstance(model, nn.Module):
         return resolve_model_data_config(model)
     return resolve_data_config(pretrained_cfg=dict(model))
+
+
+def _model_input_size(model: nn.Module | Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """The size a ViT was built for (``img_size=...`` at creation), which its pretrained config does not track."""
+    patch_embed = getattr(model, "patch_embed", None)
+    size = getattr(patch_embed, "img_size", None)
+    if size is None or getattr(patch_embed, "dynamic_img_size", False):
+        return None
+    height, width = (int(v) for v in size)
+    return height, width
 
 
 def _pair(size: int | tuple[int, int] | list[int]) -> tuple[int, int]:
