@@ -120,24 +120,28 @@ def _scene(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def sample_params(rng: np.random.Generator, task: str) -> dict[str, Any]:
-    """Draw one scene for 'count' or 'dist'; the label is drawn first so classes are balanced."""
+    """Draw one scene for 'count' or 'dist'; the label is drawn first (and kept through placement retries), so
+    classes are balanced."""
     scene = _scene(rng)
-    while True:
+    if task == "count":
+        count = int(rng.integers(COUNT_RANGE[0], COUNT_RANGE[1] + 1))
+    else:
+        label = int(rng.integers(DIST_BINS))
+        count = int(rng.integers(DIST_OBJECTS[0], DIST_OBJECTS[1] + 1))
+    for _ in range(1000):
         if task == "count":
-            count = int(rng.integers(COUNT_RANGE[0], COUNT_RANGE[1] + 1))
             depths = sorted(rng.uniform(*COUNT_DEPTH_RANGE, size=count).tolist())
         else:
-            label = int(rng.integers(DIST_BINS))
             near, far = DEPTH_RANGE
             step = math.log(far / near) / DIST_BINS
             low = math.log(near) + step * (label + BIN_EDGE_GAP)
             nearest = math.exp(rng.uniform(low, low + step * (1 - 2 * BIN_EDGE_GAP)))
-            count = int(rng.integers(DIST_OBJECTS[0], DIST_OBJECTS[1] + 1))
             others = rng.uniform(min(nearest * 1.08, far), far, size=count - 1).tolist()
             depths = [nearest, *sorted(others)]
         objects = _place(rng, depths)
         if objects is not None:
             return {**scene, "objects": objects}
+    raise RuntimeError(f"could not place {count} objects without hiding one another")  # a bug, not user input
 
 
 def render(params: dict[str, Any], size: int) -> Image.Image:
