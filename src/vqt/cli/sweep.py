@@ -47,6 +47,9 @@ OPTIONS = (
     Option("--num-workers", D["num_workers"], "image-decoding worker processes", type=int),
     Option("--extract-batch", D["extract_batch"], "images per backbone pass when extracting stores", type=int),
     Option("--eval-batch", D["eval_batch"], "images per backbone pass when evaluating on test", type=int),
+    Option("--test-store", D["test_store"], "evaluate on test from a feature store of it (extracted once, shared "
+           "by methods via --store-dir) instead of streaming the test images through the backbone",
+           flag_action=True),
     Option("--no-progress", False, "hide progress bars", flag_action=True),
 )
 

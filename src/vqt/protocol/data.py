@@ -18,7 +18,8 @@ from vqt.data.dataset import ImageListDataset
 from vqt.data.lists import ImageList, read_vtab_split
 from vqt.data.registry import SPLITS, TASKS, find_task, resolve_tasks
 from vqt.errors import DataError, StoreError
-from vqt.features import FeatureStore, extract_features
+from vqt.features import FeatureStore, extract_features, is_complete, open_store
+from vqt.features.assemble import assemble_store
 
 log = logging.getLogger("vqt.protocol")
 
@@ -117,11 +118,37 @@ def task_store(
     images = read_split(data_root, task, split)
     out = Path(out) if out is not None else Path(store_dir) / task / split
     try:
+        if split == "train800val200" and store_dir is not None and not is_complete(out):
+            assembled = _assemble_from_parts(images, out, data_root, task, Path(store_dir) / task)
+            if assembled is not None:
+                return assembled
         return _extract(backbone, images, out, backbone_spec, task, split, transform, transform_description, dtype,
                         batch_size, num_workers, progress, overwrite)
     except StoreError as error:
         raise StoreError(str(error).replace("(or pass overwrite=True to replace it)", f"({overwrite_hint})")
                          ) from error
+
+
+def _assemble_from_parts(
+    images: ImageList, out: Path, data_root: str | Path, task: str, task_dir: Path
+) -> FeatureStore | None:
+    """train800val200 from the complete train800 and val200 stores when its entries are exactly theirs."""
+    parts, rows_of = [], {}
+    for split in ("train800", "val200"):
+        if not is_complete(task_dir / split):
+            return None
+        store = open_store(task_dir / split)
+        part_images = read_split(data_root, task, split)
+        if store.meta["dataset"].get("sha256") != part_images.digest():
+            return None  # the store was made from another version of the list: extract instead
+        for index, entry in enumerate(part_images.entries):
+            rows_of.setdefault((entry.relpath, entry.label), (len(parts), index))
+        parts.append(store)
+    rows = [rows_of.get((entry.relpath, entry.label)) for entry in images.entries]
+    if not rows or any(row is None for row in rows):
+        return None
+    log.info("%s/train800val200: assembled from the train800 and val200 stores (no backbone pass)", task)
+    return assemble_store(parts, rows, out, dataset_meta(task, "train800val200", images))
 
 
 def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: str, task: str, split: str,

@@ -123,6 +123,16 @@ def store_features(model: nn.Module, store: FeatureStore, batch_size: int = 256)
     return torch.cat(features), torch.cat(labels).to(device)
 
 
+@torch.no_grad()
+def evaluate_store_models(models: Sequence[nn.Module], store: FeatureStore) -> list[float]:
+    """Accuracy of store-trainable models on a split's feature store (no backbone pass)."""
+    accuracies = []
+    for model in models:
+        features, labels = store_features(model, store)
+        accuracies.append(float((model.head(features).argmax(-1) == labels).double().mean()))
+    return accuracies
+
+
 def fit_head(
     model: nn.Module,
     features: torch.Tensor,

@@ -50,6 +50,7 @@ from vqt.protocol.models import (
     Trained,
     compress,
     evaluate_images,
+    evaluate_store_models,
     make_backbone,
     make_recipe,
     method_kwargs,
@@ -104,6 +105,7 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "num_workers": 0,
     "extract_batch": 64,
     "eval_batch": 64,
+    "test_store": False,
     "progress": True,
 }
 
@@ -282,7 +284,9 @@ class Sweep:
                 compressed = [compress(m, trainval, keep_fraction=keep, lr=effective, weight_decay=best["weight_decay"],
                                        epochs=recipe.epochs, group_lasso=float(c["group_lasso"]), seed=t.config.seed)
                               for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]
-            if models:
+            if models and c["test_store"]:
+                accuracies = evaluate_store_models(models + compressed, self.store(task.name, "test"))
+            elif models:
                 if test_dataset is None:
                     test_dataset = make_dataset(read_split(c["data_root"], task.name, "test"), self.transform)
                 accuracies = evaluate_images(models + compressed, test_dataset, batch_size=int(c["eval_batch"]),
