@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from vqt.bench.memory import SavedActivations, current_rss_bytes, peak_rss_bytes, run_isolated
+from vqt.bench.memory import SavedActivations, current_rss_bytes, peak_rss_bytes, reset_peak_rss, run_isolated
 
 METHODS = ("vqt", "vqt-official-style", "vpt-deep-10", "full-finetune")
 MiB = 2**20
@@ -77,6 +77,7 @@ def one_case(method: str, arch: str, batch: int, device: str) -> dict:
         peak = torch.cuda.max_memory_allocated()
         before = 0
     else:
+        reset_peak_rss()  # the peak of this step, not of loading the backbone
         before = current_rss_bytes()
         start = time.perf_counter()
         saved = step(True)
@@ -139,7 +140,8 @@ def main() -> None:
     if args.out:
         command = "python benchmarks/memory.py " + " ".join(sys.argv[1:])
         notes = (
-            "Peak RSS is the whole process (Python, torch, the backbone's weights); 'step increase' is the peak "
+            "Peak RSS is the process peak during the step (Python, torch and the weights included; the peak is reset "
+            "after the model is built); 'step increase' is the peak "
             "minus the RSS just before the first step. Step times are from a shared 2-core machine."
         )
         args.out.write_text(f"Command: `{command}`\n\n{notes}\n\n{text}\n")

@@ -15,7 +15,7 @@ import sys
 from vqt.errors import VQTError
 
 # Sub-command modules, in the order `vqt --help` lists them.
-COMMAND_MODULES = ("info", "bench", "data", "train", "sweep", "eval", "predict", "extract")
+COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "extract")
 
 
 def build_parser() -> argparse.ArgumentParser:

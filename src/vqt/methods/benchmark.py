@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from vqt.bench.memory import SavedActivations, current_rss_bytes, peak_rss_bytes, run_isolated
+from vqt.bench.memory import SavedActivations, current_rss_bytes, peak_rss_bytes, reset_peak_rss, run_isolated
 
 MiB = 2**20
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -77,6 +77,7 @@ def measure_method(
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
     else:
+        reset_peak_rss()  # the peak of this step, not of loading the backbone
         before = current_rss_bytes()
     start = time.perf_counter()
     saved = step()
