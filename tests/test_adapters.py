@@ -36,17 +36,18 @@ def test_round_trip_gives_identical_logits(tmp_path) -> None:
 
 
 def test_round_trip_from_recorded_spelling(tmp_path) -> None:
-    backbone_spec = "vit_tiny_patch16_224@random"
-    real = create_backbone(backbone_spec)
-    model = VQT(real, num_classes=3).eval()
+    backbone_spec = "vit_tiny_patch16_224@random"  # seeded random weights: the spelling re-creates them exactly
+    model = VQT(create_backbone(backbone_spec), num_classes=3).eval()
     save_adapter(model, tmp_path / "a", backbone_spec=backbone_spec)
     images = torch.randn(1, 3, 224, 224)
-    # The spelling re-creates the architecture; random weights differ from run to run, so the fingerprint
-    # check refuses them unless told not to check.
+    assert torch.equal(load_adapter(tmp_path / "a")(images), model(images))
+    # Other weights under the same architecture are refused, unless told not to check.
+    other = create_backbone(backbone_spec)
+    with torch.no_grad():
+        other.cls_token.add_(1.0)
     with pytest.raises(AdapterError, match="other weights"):
-        load_adapter(tmp_path / "a")
-    assert load_adapter(tmp_path / "a", check_weights=False)(images).shape == (1, 3)
-    assert torch.equal(load_adapter(tmp_path / "a", backbone=real)(images), model(images))
+        load_adapter(tmp_path / "a", backbone=other)
+    assert load_adapter(tmp_path / "a", backbone=other, check_weights=False)(images).shape == (1, 3)
 
 
 def test_other_backbone_width_or_depth_refused(tmp_path) -> None:

@@ -20,11 +20,11 @@ def test_assembled_trainval_store_equals_an_extracted_one(data_root: Path, tmp_p
     assert main(["extract", *common, "--split", "train800val200", "--out", str(tmp_path / "extracted")]) == 0
     extracted = open_store(tmp_path / "extracted")
 
+    from vqt.backbone.sources import create_backbone
     from vqt.data.transforms import build_transform
     from vqt.protocol.data import task_store
-    from vqt.protocol.models import make_backbone
 
-    backbone = make_backbone("vit_tiny_patch16_224@random", img_size=32)
+    backbone = create_backbone("vit_tiny_patch16_224@random", img_size=32)
     transform, description = build_transform("backbone", backbone, img_size=32)
     assembled = task_store(backbone, backbone_spec="vit_tiny_patch16_224@random", data_root=data_root,
                            task="dsprites_ori", split="train800val200", transform=transform,

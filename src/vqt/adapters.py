@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from torch import nn
 
 from vqt.backbone.sources import create_backbone, describe, weights_fingerprint
 from vqt.errors import AdapterError
+from vqt.io import write_atomic
 from vqt.methods.vqt import VQT
 
 CONFIG_NAME = "adapter_config.json"
@@ -35,21 +34,6 @@ def library_version() -> str:
         return version("vqt")
     except PackageNotFoundError:
         return "unknown"
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so a crash leaves either the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def save_adapter(

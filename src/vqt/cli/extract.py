@@ -38,18 +38,17 @@ def run(args: argparse.Namespace) -> int:
 def _run(c: dict) -> int:
     from pathlib import Path
 
-    from vqt.backbone.sources import describe
+    from vqt.backbone.sources import create_backbone, describe
     from vqt.data.transforms import build_transform
     from vqt.errors import VQTError
     from vqt.protocol.data import check_data_root, resolve_task_list, task_store
-    from vqt.protocol.models import make_backbone
     from vqt.protocol.sweep import resolve_device
 
     if not c["task"]:
         raise VQTError("no task given (--task)")
     task = resolve_task_list(c["task"], c["data_root"])[0]
     check_data_root(c["data_root"], [task], (c["split"],))
-    backbone = make_backbone(c["backbone"], img_size=c["img_size"]).to(resolve_device(c["device"]))
+    backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(resolve_device(c["device"]))
     transform, description = build_transform(c["transform"], backbone, img_size=describe(backbone)["img_size"])
     out = Path(c["out"]) if c["out"] else Path("stores") / task.name / c["split"]
     store = task_store(backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,

@@ -22,8 +22,6 @@ it is never silently reused for another backbone, transform or dataset.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ import torch
 from vqt.adapters import library_version
 from vqt.backbone.tap import TapOutput
 from vqt.errors import StoreError
+from vqt.io import write_atomic
 
 FORMAT_VERSION = 1
 META_FILE = "meta.json"
@@ -72,17 +71,7 @@ def check_dtype(dtype: str) -> str:
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a small file so readers see the old or the new content, never a torn one."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text.encode())
 
 
 def atomic_write_json(path: Path, data: Any) -> None:

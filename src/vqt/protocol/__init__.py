@@ -1,6 +1,6 @@
 """The VTAB-1k protocol runner behind `vqt train / sweep / eval / predict / extract`, usable from Python."""
 
-from vqt.protocol.models import load_trained, make_backbone, save_trained
+from vqt.protocol.models import load_trained, save_trained
 from vqt.protocol.predict import evaluate_adapter, predict
 from vqt.protocol.single import TRAIN_DEFAULTS, run_train
 from vqt.protocol.sweep import SWEEP_DEFAULTS, Sweep, run_sweep
@@ -11,7 +11,6 @@ __all__ = [
     "Sweep",
     "evaluate_adapter",
     "load_trained",
-    "make_backbone",
     "predict",
     "run_sweep",
     "run_train",

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from vqt.backbone.sources import describe
+from vqt.backbone.sources import create_backbone, describe
 from vqt.data.synth import generate_task
 from vqt.data.transforms import build_transform
+from vqt.methods.benchmark import measure_all, scatter_plot
 from vqt.protocol.data import task_store
-from vqt.protocol.models import make_backbone
 from vqt.protocol.rundir import SUMMARY_FILE, RunDir, read_json, write_json, write_text
 from vqt.protocol.sweep import SWEEP_DEFAULTS, run_sweep
 
@@ -113,8 +113,6 @@ def sweep_config(budget: Budget, method: str, *, backbone: str, data_root: Path,
 
 def measure_memory(methods: tuple[str, ...], backbone: str, budget: Budget, device: str) -> dict[str, dict]:
     """Each method's training step (forward, backward, step) in a fresh process: peak memory, saved bytes."""
-    from vqt.methods.benchmark import measure_all
-
     rows = measure_all(list(methods), backbone, budget.memory_batch, budget.img_size, steps=1, device=device,
                        progress=False)
     return {row["method"]: row for row in rows}
@@ -139,7 +137,7 @@ def run_demo(out: str | Path = "vqt-demo", *, full: bool = False, backbone: str 
     timings["generate data"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    model = make_backbone(backbone, img_size=budget.img_size).to(device)
+    model = create_backbone(backbone, img_size=budget.img_size).to(device)
     transform, description = build_transform("backbone", model, img_size=describe(model)["img_size"])
     store_dir = out / "stores"
     for task in budget.tasks:
@@ -172,7 +170,9 @@ def run_demo(out: str | Path = "vqt-demo", *, full: bool = False, backbone: str 
     table = render_table(budget, backbone, device, results, memory, timings)
     write_text(out / "results.md", table)
     plot_path = out / "accuracy_vs_memory.png"
-    plot(results, memory, plot_path, f"vqt demo: {backbone} at {budget.img_size}px, {len(budget.tasks)} tasks")
+    accuracies = {m: mean_accuracy(r["summary"]) for m, r in results.items() if mean_accuracy(r["summary"]) is not None}
+    scatter_plot(list(memory.values()), accuracies, plot_path,
+                 f"vqt demo: {backbone} at {budget.img_size}px, mean test accuracy (%) over {len(budget.tasks)} tasks")
     summary = {"budget": asdict(budget), "backbone": backbone, "device": device, "timings": timings,
                "methods": {m: {"test_accuracy": mean_accuracy(r["summary"]), "per_task": per_task(r["summary"]),
                                "seconds": r["seconds"], "memory": memory.get(m)} for m, r in results.items()}}
@@ -244,26 +244,3 @@ def render_table(budget: Budget, backbone: str, device: str, results: dict[str, 
         "Time spent: " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items()) + ".",
     ]
     return "\n".join(lines) + "\n"
-
-
-def plot(results: dict[str, dict], memory: dict[str, dict], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 4))
-    for method, result in results.items():
-        accuracy, row = mean_accuracy(result["summary"]), memory.get(method, {})
-        if accuracy is None or "step_increase_mib" not in row:
-            continue
-        axes.scatter(row["step_increase_mib"], accuracy, s=80, marker="*" if method == "vqt" else "o")
-        axes.annotate(method, (row["step_increase_mib"], accuracy), textcoords="offset points", xytext=(5, 5))
-    axes.set_xlabel("training-step memory over the loaded model (MiB)")
-    axes.set_ylabel("mean test accuracy (%)")
-    axes.set_title(title, fontsize=9)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
-    plt.close(figure)

@@ -34,11 +34,11 @@ from vqt.adapters import (
     library_version,
     load_adapter,
     save_adapter,
-    write_atomic,
 )
 from vqt.backbone.sources import create_backbone, describe, weights_fingerprint
 from vqt.errors import AdapterError, VQTError
 from vqt.features import FeatureStore
+from vqt.io import write_atomic
 from vqt.methods.feature_selection import SelectedHead, select_and_refit
 from vqt.methods.registry import create_method, get_method
 from vqt.methods.vqt import VQT
@@ -51,16 +51,6 @@ log = logging.getLogger("vqt.protocol")
 TRAINED_CONFIG = "trained_config.json"
 TRAINED_WEIGHTS = "trained.safetensors"
 HEAD_METHODS = ("linear", "head2toe")
-
-
-def make_backbone(spec: str, img_size: int | None = None) -> nn.Module:
-    """`create_backbone`, except that `ARCH@random` weights come from seed 0: a run, its resumption and its
-    adapters must all see the same backbone (stores and adapters check the weights' fingerprint)."""
-    if spec.strip().endswith("@random"):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return create_backbone(spec, img_size=img_size)
-    return create_backbone(spec, img_size=img_size)
 
 
 def method_kwargs(method: str, *, queries: int, variant: str = "concat", query_dropout: float = 0.1) -> dict:
@@ -391,7 +381,7 @@ def load_trained(directory: str | Path, backbone: nn.Module | None = None) -> tu
         config = read_trained_config(directory)
         if "backbone" not in config:
             raise AdapterError(f"{directory}: the adapter config names no backbone")
-        backbone = make_backbone(config["backbone"], img_size=config.get("img_size"))
+        backbone = create_backbone(config["backbone"], img_size=config.get("img_size"))
     if (directory / CONFIG_NAME).is_file():
         model = load_adapter(directory, backbone)
         return model, read_trained_config(directory)

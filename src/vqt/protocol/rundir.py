@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vqt.adapters import write_atomic
 from vqt.errors import VQTError
+from vqt.io import write_atomic
 from vqt.protocol.config import to_yaml
 
 log = logging.getLogger("vqt.protocol")

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vqt.backbone.sources import describe
+from vqt.backbone.sources import create_backbone, describe
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.methods.registry import get_method
@@ -28,7 +28,6 @@ from vqt.protocol.models import (
     compress,
     evaluate_images,
     fit_online,
-    make_backbone,
     make_recipe,
     method_kwargs,
     save_trained,
@@ -80,7 +79,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     run.prepare(c, overwrite=bool(c["overwrite"]), kind="train")
     started = time.time()
     device = resolve_device(c["device"])
-    backbone = make_backbone(c["backbone"], img_size=c["img_size"]).to(device)
+    backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(device)
     size = describe(backbone)["img_size"]
     transform, description = build_transform(c["transform"], backbone, img_size=size)
     queries = int(c["queries"]) if isinstance(c["queries"], int) else (

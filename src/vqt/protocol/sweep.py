@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqt.backbone.sources import describe
+from vqt.backbone.sources import create_backbone, describe
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
@@ -51,7 +51,6 @@ from vqt.protocol.models import (
     compress,
     evaluate_images,
     evaluate_store_models,
-    make_backbone,
     make_recipe,
     method_kwargs,
     save_trained,
@@ -203,7 +202,7 @@ class Sweep:
         self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
         started = time.time()
         self.device = resolve_device(c["device"])
-        self.backbone = make_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
+        self.backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
         self.transform, self.transform_description = build_transform(
             c["transform"], self.backbone, img_size=describe(self.backbone)["img_size"])
         summaries = []
