@@ -88,4 +88,5 @@ class BackboneTap(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        return TapOutput(tokens=[t for t in tokens if t is not None], pre_logits=pre_logits)
+        # A token-pooled feature is a view of the final token map: copy it so holding it does not keep the map.
+        return TapOutput(tokens=[t for t in tokens if t is not None], pre_logits=pre_logits.contiguous())
