@@ -9,6 +9,8 @@ model's.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -73,20 +75,36 @@ class BackboneTap(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TapOutput:
-        tokens: list[torch.Tensor | None] = [None] * self.depth
-
-        def keep(index: int):
-            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-                tokens[index] = output
-
-            return hook
-
-        handles = [block.norm1.register_forward_hook(keep(i)) for i, block in enumerate(self.model.blocks)]
-        try:
-            final = self.model.forward_features(images)
-            pre_logits = self.model.forward_head(final, pre_logits=True)
-        finally:
-            for handle in handles:
-                handle.remove()
+        with block_inputs(self.model) as tokens:
+            pre_logits = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
         # A token-pooled feature is a view of the final token map: copy it so holding it does not keep the map.
-        return TapOutput(tokens=[t for t in tokens if t is not None], pre_logits=pre_logits.contiguous())
+        return TapOutput(tokens=tokens, pre_logits=pre_logits.contiguous())
+
+
+@contextmanager
+def block_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
+    """Collect X_l = norm1_l(Z_{l-1}) of every block during the forward run inside the `with` body.
+
+    Hooks on each `norm1` record its output, so whatever runs the blocks (the plain model, or one adapted by
+    LoRA/VPT/AdaptFormer, with or without autograd) yields the tokens that block's keys and values come from.
+    The list is filled when the body ends; a forward that skipped a block is an error.
+    """
+    blocks = model.blocks
+    captured: list[torch.Tensor | None] = [None] * len(blocks)
+
+    def keep(index: int):
+        def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
+            captured[index] = output
+
+        return hook
+
+    tokens: list[torch.Tensor] = []
+    handles = [block.norm1.register_forward_hook(keep(i)) for i, block in enumerate(blocks)]
+    try:
+        yield tokens
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(t is None for t in captured):
+        raise RuntimeError("the forward skipped a block's norm1; cannot read its tokens")
+    tokens.extend(t for t in captured if t is not None)

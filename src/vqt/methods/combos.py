@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from vqt.backbone.query_path import Form
-from vqt.backbone.tap import TapOutput
+from vqt.backbone.tap import TapOutput, block_inputs
 from vqt.methods.vqt import VQT, Variant
 
 
@@ -69,24 +69,9 @@ class QueryCombo(nn.Module):
 
     def adapted_tap(self, images: torch.Tensor) -> TapOutput:
         """X_l of every block and the pre-logits feature of the *adapted* backbone, with autograd."""
-        blocks = self.backbone.blocks
-        tokens: list[torch.Tensor | None] = [None] * len(blocks)
-
-        def keep(index: int):
-            def hook(_module: nn.Module, _inputs: tuple, output: torch.Tensor) -> None:
-                tokens[index] = output
-
-            return hook
-
-        handles = [block.norm1.register_forward_hook(keep(i)) for i, block in enumerate(blocks)]
-        try:
+        with block_inputs(self.backbone) as tokens:
             pre_logits = self.adapter.features(images)
-        finally:
-            for handle in handles:
-                handle.remove()
-        if any(t is None for t in tokens):
-            raise RuntimeError("the adapter's forward skipped a block's norm1; cannot read its tokens")
-        return TapOutput(tokens=[t for t in tokens if t is not None], pre_logits=pre_logits)
+        return TapOutput(tokens=tokens, pre_logits=pre_logits)
 
     def query_outputs(self, images: torch.Tensor) -> list[torch.Tensor]:
         """O_l (B, Q_l, D) of every layer, computed on the adapted tokens."""
