@@ -12,7 +12,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 
 from vqt.cli.main import main
 
@@ -21,12 +20,7 @@ TINY = ["--epochs", "2", "--warmup-epochs", "1", "--batch-size", "8", "--eval-ev
 GRID = ["--lrs", "1.0,0.1", "--wds", "0.001,0", "--seeds", "2"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synth(root: Path, tasks: str) -> None:

@@ -15,13 +15,7 @@ from vqt.protocol.config import Option, add_options, compress_spec, queries_spec
 from vqt.protocol.rundir import RunDir, write_json
 from vqt.protocol.sweep import choose, chunks
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_choose_ties_go_to_the_smaller_lr_then_wd() -> None:

@@ -6,10 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.test_cli_protocol import data_root, one_thread, read_csv, sweep_args  # noqa: F401 (fixtures)
+from tests.test_cli_protocol import data_root, read_csv, sweep_args  # noqa: F401 (fixture)
 from vqt.cli.main import main
 from vqt.features import open_store
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_assembled_trainval_store_equals_an_extracted_one(data_root: Path, tmp_path: Path) -> None:  # noqa: F811

@@ -16,14 +16,7 @@ from vqt.errors import StoreError
 from vqt.features import extract_features, open_store, request_meta
 from vqt.features.store import COMPLETE_FILE, META_FILE, PROGRESS_FILE
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP barriers on a shared, oversubscribed machine cost more than the maths (100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 TRANSFORM = {"resize": 32, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}

@@ -28,14 +28,7 @@ from vqt.training import (
 from vqt.training.grid import BatchedAdam
 from vqt.training.recipe import make_optimizer, param_groups
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP barriers on a shared, oversubscribed machine cost more than the maths (100x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 RECIPE = Recipe(lr=0.5, weight_decay=1e-3, batch_size=8, epochs=4, warmup_epochs=1)
