@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,8 +43,8 @@ from vqt.methods.feature_selection import SelectedHead, select_and_refit
 from vqt.methods.registry import create_method, get_method
 from vqt.methods.vqt import VQT
 from vqt.training import GridConfig, History, Recipe, seed_init, train_grid, train_online
-from vqt.training.cached import epoch_batches, image_batches, store_batches, tap_to
-from vqt.training.recipe import lr_at_epoch, make_optimizer, order_generator
+from vqt.training.cached import fit_epochs, image_batches, store_batches, tap_to
+from vqt.training.recipe import make_optimizer
 
 log = logging.getLogger("vqt.protocol")
 
@@ -131,37 +131,21 @@ def fit_head(
     val: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> History:
     """Train `model.head` on fixed features with the recipe's optimiser, schedule and batch order."""
-    optimizer = make_optimizer(model, recipe)
-    generator = order_generator(recipe.order_seed)
-    history = History()
     head = model.head
-    for epoch in range(recipe.epochs):
-        lr = lr_at_epoch(recipe, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        head.train()
-        total, seen = 0.0, 0
-        for index in epoch_batches(len(labels), recipe, generator):
+
+    def batches(index_batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in index_batches:
             index_t = torch.from_numpy(index).to(features.device)
-            loss = F.cross_entropy(head(features[index_t]), labels[index_t])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(index)
-            seen += len(index)
-        history.lr.append(lr)
-        history.train_loss.append(total / max(1, seen))
-        if not math.isfinite(history.train_loss[-1]):
-            break  # stop this configuration; the caller marks it failed
-        last = epoch == recipe.epochs - 1
-        accuracy = None
-        if val is not None and (last or (epoch + 1) % recipe.eval_every == 0):
-            head.eval()
-            with torch.no_grad():
-                accuracy = float((head(val[0]).argmax(-1) == val[1]).double().mean())
-        history.val_accuracy.append(accuracy)
-    head.eval()
-    return history
+            yield features[index_t], labels[index_t]
+
+    def validate() -> float:
+        head.eval()
+        with torch.no_grad():
+            return float((head(val[0]).argmax(-1) == val[1]).double().mean())  # type: ignore[index]
+
+    return fit_epochs(head, make_optimizer(model, recipe), recipe, len(labels), batches,
+                      lambda inputs, targets: F.cross_entropy(head(inputs), targets),
+                      validate if val is not None else None)
 
 
 def train_store_configs(
@@ -226,32 +210,13 @@ def fit_online(
         return train_online(model, dataset, recipe, val_dataset=val_dataset, num_workers=num_workers,
                             progress=progress)
     device = model.head.weight.device
-    optimizer = make_optimizer(model, recipe)
-    generator = order_generator(recipe.order_seed)
-    history = History()
-    for epoch in tqdm(range(recipe.epochs), desc="train", unit="epoch", disable=not progress):
-        lr = lr_at_epoch(recipe, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        model.train()
-        total, seen = 0.0, 0
-        for images, labels in image_batches(dataset, epoch_batches(len(dataset), recipe, generator), num_workers):
-            labels = labels.to(device)
-            loss = F.cross_entropy(model(images.to(device)), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(labels)
-            seen += len(labels)
-        history.lr.append(lr)
-        history.train_loss.append(total / max(1, seen))
-        if not math.isfinite(history.train_loss[-1]):
-            break
-        last = epoch == recipe.epochs - 1
-        run_val = val_dataset is not None and (last or (epoch + 1) % recipe.eval_every == 0)
-        history.val_accuracy.append(evaluate_images([model], val_dataset)[0] if run_val else None)
-    model.eval()
-    return history
+    return fit_epochs(
+        model, make_optimizer(model, recipe), recipe, len(dataset),  # type: ignore[arg-type]
+        lambda index_batches: image_batches(dataset, index_batches, num_workers),
+        lambda images, labels: F.cross_entropy(model(images.to(device)), labels.to(device)),
+        (lambda: evaluate_images([model], val_dataset)[0]) if val_dataset is not None else None,
+        progress=progress,
+    )
 
 
 @torch.no_grad()

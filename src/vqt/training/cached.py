@@ -8,14 +8,17 @@ recipe and seed the two reach the same weights up to float rounding (tests/test_
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from queue import Queue
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -97,7 +100,51 @@ def _device(model: VQT) -> torch.device:
     return model.head.weight.device
 
 
-def _fit(
+def fit_epochs(
+    trained: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    recipe: Recipe,
+    num_items: int,
+    make_batches: Callable[[list[np.ndarray]], Iterable[tuple[Any, torch.Tensor]]],
+    loss_of: Callable[[Any, torch.Tensor], torch.Tensor],
+    validate: Callable[[], float] | None = None,
+    *,
+    progress: bool = False,
+    stop_on_non_finite: bool = True,
+) -> History:
+    """The one training loop: the recipe's per-epoch lr, its batch order, mean loss and validation per epoch.
+
+    `trained` is put in train mode every epoch (its caller's `validate` may switch it to eval) and in eval mode at
+    the end; `make_batches` turns an epoch's index batches into (inputs, labels); `loss_of` gives a batch's loss.
+    With `stop_on_non_finite` a NaN/inf epoch loss ends training (the caller marks the run failed).
+    """
+    generator = order_generator(recipe.order_seed)
+    history = History()
+    for epoch in tqdm(range(recipe.epochs), desc="train", unit="epoch", disable=not progress):
+        lr = lr_at_epoch(recipe, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        trained.train()
+        total, seen = 0.0, 0
+        for inputs, labels in make_batches(epoch_batches(num_items, recipe, generator)):
+            loss = loss_of(inputs, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(labels)
+            seen += len(labels)
+        history.lr.append(lr)
+        history.train_loss.append(total / max(1, seen))
+        if stop_on_non_finite and not math.isfinite(history.train_loss[-1]):
+            break
+        last = epoch == recipe.epochs - 1
+        run_val = validate is not None and (last or (epoch + 1) % recipe.eval_every == 0)
+        history.val_accuracy.append(validate() if run_val else None)  # type: ignore[misc]
+    trained.eval()
+    return history
+
+
+def _fit_vqt(
     model: VQT,
     num_items: int,
     make_batches: Callable[[list[np.ndarray]], Iterable[tuple[object, torch.Tensor]]],
@@ -106,33 +153,16 @@ def _fit(
     validate: Callable[[], float] | None,
     progress: bool,
 ) -> History:
+    """VQT from stored or tapped tokens: `fit_epochs` with the configuration's own query-dropout masks."""
     device = _device(model)
+
+    def loss_of(inputs: object, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(model.head(model.features_from(to_tap(inputs))), labels.to(device))
+
     optimizer = make_optimizer(model, recipe)
-    generator = order_generator(recipe.order_seed)
-    history = History()
     with seeded_query_dropout(model, recipe.seed):
-        for epoch in tqdm(range(recipe.epochs), desc="train", unit="epoch", disable=not progress):
-            lr = lr_at_epoch(recipe, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            model.train()
-            total, seen = 0.0, 0
-            for inputs, labels in make_batches(epoch_batches(num_items, recipe, generator)):
-                labels = labels.to(device)
-                logits = model.head(model.features_from(to_tap(inputs)))
-                loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += float(loss.detach()) * len(labels)
-                seen += len(labels)
-            history.lr.append(lr)
-            history.train_loss.append(total / max(1, seen))
-            last = epoch == recipe.epochs - 1
-            run_val = validate is not None and (last or (epoch + 1) % recipe.eval_every == 0)
-            history.val_accuracy.append(validate() if run_val else None)  # type: ignore[misc]
-    model.eval()
-    return history
+        return fit_epochs(model, optimizer, recipe, num_items, make_batches, loss_of, validate,
+                          progress=progress, stop_on_non_finite=False)
 
 
 def train_cached(
@@ -151,7 +181,7 @@ def train_cached(
     recipe = recipe or Recipe()
     device = _device(model)
     validate = (lambda: evaluate_store([model], val_store)[0]) if val_store is not None else None
-    return _fit(
+    return _fit_vqt(
         model,
         len(store),
         lambda batches: store_batches(store, batches),
@@ -184,7 +214,7 @@ def train_online(
         if val_dataset is not None
         else None
     )
-    return _fit(
+    return _fit_vqt(
         model,
         len(dataset),  # type: ignore[arg-type]
         lambda batches: image_batches(dataset, batches, num_workers),
