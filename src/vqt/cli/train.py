@@ -4,26 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-from vqt.protocol.config import Option, add_options, compress_spec, queries_spec, resolve
+from vqt.protocol.config import Option, add_options, compress_spec, queries_spec, resolve, shared_options
 from vqt.protocol.single import TRAIN_DEFAULTS as D
 
 OPTIONS = (
-    Option("--backbone", D["backbone"], "backbone spelling: NAME.TAG (hub), NAME@FILE, NAME@random, offline:dinov2_s14"),
+    *shared_options(D, "--backbone"),
     Option("--data-root", D["data_root"], "VTAB-1k root: <root>/<task>/<split>.txt list files"),
     Option("--task", D["task"], "task name (a VTAB-1k name, or any folder under --data-root)"),
     Option("--method", D["method"], "method of the registry (vqt, linear, head2toe, lora, vpt-deep, ...); "
            "methods that change the backbone's features always train online"),
     Option("--queries", D["queries"], "Q per layer (unset: the task's official Q)", type=queries_spec),
-    Option("--variant", D["variant"], "how a layer's query outputs form its feature piece",
-           choices=("concat", "mean", "weighted")),
-    Option("--query-dropout", D["query_dropout"], "dropout on the queries in training", type=float),
+    *shared_options(D, "--variant", "--query-dropout"),
     Option("--transform", D["transform"], "input normalisation", choices=("backbone", "official")),
-    Option("--img-size", D["img_size"], "input resolution the backbone is built at (unset: its own)", type=int),
+    *shared_options(D, "--img-size"),
     Option("--lr", D["lr"], "peak lr (unscaled; multiplied by batch/256)", type=float),
     Option("--wd", D["wd"], "weight decay (coupled L2, none on the head bias)", type=float),
-    Option("--epochs", D["epochs"], "training epochs", type=int),
-    Option("--warmup-epochs", D["warmup_epochs"], "linear warm-up epochs before the cosine", type=int),
-    Option("--batch-size", D["batch_size"], "training batch", type=int),
+    *shared_options(D, "--epochs", "--warmup-epochs", "--batch-size"),
     Option("--seed", D["seed"], "initialisation (and query-dropout) seed", type=int),
     Option("--data-seed", D["data_seed"], "training-order seed (unset: --seed)", type=int),
     Option("--eval-every", D["eval_every"], "validation accuracy every this many epochs", type=int),
@@ -36,16 +32,11 @@ OPTIONS = (
            flag_action=True),
     Option("--compress", D["compress"], "group-lasso feature selection keeping this fraction, evaluated beside "
            "the uncompressed model ('official': 0.7 on Q=1 tasks)", type=compress_spec),
-    Option("--group-lasso", D["group_lasso"], "lambda of the compression penalty", type=float),
-    Option("--store-dtype", D["store_dtype"], "dtype of the feature stores", choices=("float16", "bfloat16", "float32")),
+    *shared_options(D, "--group-lasso", "--store-dtype"),
     Option("--out", D["out"], "run folder"),
-    Option("--store-dir", D["store_dir"], "feature-store cache (unset: <out>/stores)"),
+    *shared_options(D, "--store-dir"),
     Option("--overwrite", D["overwrite"], "replace a finished run in --out", flag_action=True),
-    Option("--overwrite-stores", D["overwrite_stores"], "replace cached stores made for another request",
-           flag_action=True),
-    Option("--device", D["device"], "cpu, cuda, cuda:1 or auto"),
-    Option("--num-workers", D["num_workers"], "image-decoding worker processes", type=int),
-    Option("--extract-batch", D["extract_batch"], "images per backbone pass when extracting stores", type=int),
+    *shared_options(D, "--overwrite-stores", "--device", "--num-workers", "--extract-batch"),
     Option("--eval-batch", D["eval_batch"], "images per backbone pass when evaluating", type=int),
     Option("--no-progress", False, "hide progress bars", flag_action=True),
 )

@@ -36,6 +36,30 @@ class Option:
         return self.flag.lstrip("-").replace("-", "_")
 
 
+# Options `vqt train` and `vqt sweep` share word for word; each command supplies its own defaults.
+SHARED_OPTIONS: dict[str, dict[str, Any]] = {
+    "--backbone": dict(help="backbone spelling: NAME.TAG (hub), NAME@FILE, NAME@random, offline:dinov2_s14"),
+    "--variant": dict(help="how a layer's query outputs form its feature piece", choices=("concat", "mean", "weighted")),
+    "--query-dropout": dict(help="dropout on the queries in training", type=float),
+    "--img-size": dict(help="input resolution the backbone is built at (unset: its own)", type=int),
+    "--epochs": dict(help="training epochs", type=int),
+    "--warmup-epochs": dict(help="linear warm-up epochs before the cosine", type=int),
+    "--batch-size": dict(help="training batch", type=int),
+    "--group-lasso": dict(help="lambda of the compression penalty", type=float),
+    "--store-dtype": dict(help="dtype of the feature stores", choices=("float16", "bfloat16", "float32")),
+    "--store-dir": dict(help="feature-store cache (unset: <out>/stores)"),
+    "--overwrite-stores": dict(help="replace cached stores made for another request", flag_action=True),
+    "--device": dict(help="cpu, cuda, cuda:1 or auto"),
+    "--num-workers": dict(help="image-decoding worker processes", type=int),
+    "--extract-batch": dict(help="images per backbone pass when extracting stores", type=int),
+}
+
+
+def shared_options(defaults: Mapping[str, Any], *flags: str) -> tuple[Option, ...]:
+    """The `SHARED_OPTIONS` named by `flags`, with defaults taken from `defaults` (keyed by dest)."""
+    return tuple(Option(flag, defaults[flag.lstrip("-").replace("-", "_")], **SHARED_OPTIONS[flag]) for flag in flags)
+
+
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     """Add `options` to `parser` (argparse default None, so unset options can be told apart) and `--config`."""
     parser.add_argument(
