@@ -223,3 +223,41 @@ def test_tensor_dataset_and_unknown_dtype(tmp_path: Path, backbone) -> None:
     assert store.tokens.dtype == np.float16 and store.labels.tolist() == list(range(6))
     with pytest.raises(StoreError, match="dtype"):
         extract(backbone, data, tmp_path / "t", dtype="int8")
+
+
+def test_interrupted_overwrite_is_not_opened_as_complete(tmp_path: Path, backbone, dataset) -> None:
+    """An overwrite removes the old store's completion marker before writing anything: stopped half-way, the
+    directory is an incomplete store of the *new* request, never a complete one with half-new rows."""
+    extract(backbone, dataset, tmp_path / "s")
+    other = {**TRANSFORM, "resize": 64}
+    with pytest.raises(Interrupt):
+        extract(backbone, dataset, tmp_path / "s", transform=other, overwrite=True, on_chunk=_interrupt_after(1))
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(tmp_path / "s")
+    dataset.reads = 0
+    resumed = extract(backbone, dataset, tmp_path / "s", transform=other)  # resumes the new request
+    assert dataset.reads == COUNT - 8
+    reference = extract(backbone, CountingDataset(), tmp_path / "reference", transform=other)
+    assert resumed.meta["transform"] == other
+    assert np.array_equal(resumed.tokens, reference.tokens)
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_half_written_store_of_another_request_is_not_resumed(
+    tmp_path: Path, backbone, dataset, overwrite: bool
+) -> None:
+    """Resuming keeps the rows already written, so it is only allowed for the very request that wrote them."""
+    with pytest.raises(Interrupt):
+        extract(backbone, dataset, tmp_path / "s", on_chunk=_interrupt_after(1))
+    other = tiny_vit("plain_cls", seed=1)  # same shapes, other weights: its rows would be silently wrong
+    if not overwrite:
+        dataset.reads = 0
+        with pytest.raises(StoreError, match="weights_sha256"):
+            extract(other, dataset, tmp_path / "s")
+        assert dataset.reads == 0  # refused before any work, not after filling the rest with other features
+        return
+    dataset.reads = 0
+    store = extract(other, dataset, tmp_path / "s", overwrite=True)
+    assert dataset.reads == COUNT  # started again from the first image
+    reference = extract(other, CountingDataset(), tmp_path / "reference")
+    assert np.array_equal(store.tokens, reference.tokens)

@@ -23,6 +23,7 @@ import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from vqt.data.images import IMAGE_EXTENSIONS
@@ -75,14 +76,24 @@ class ImageList:
         """sha256 of the normalised ``relpath label`` lines, in order: changes iff the list's content changes."""
         return list_digest(self.entries)
 
+    @cached_property
+    def files_digest(self) -> str:
+        """sha256 over each image file's size and modification time (see `files_digest`); computed once."""
+        return files_digest(self.entries)
+
     def describe(self) -> dict[str, object]:
-        """A JSON-able summary for run metadata and feature stores."""
+        """A JSON-able summary for run metadata and feature stores.
+
+        `sha256` covers the list's lines; `files_sha256` covers the image files themselves, so a store made
+        before the images were regenerated in place is recognised as stale.
+        """
         return {
             "source": self.source,
             "root": str(self.root),
             "entries": len(self.entries),
             "num_classes": self.num_classes,
             "sha256": self.digest(),
+            "files_sha256": self.files_digest,
             "skipped": len(self.skipped),
         }
 
@@ -92,6 +103,25 @@ def list_digest(entries: Iterable[Entry]) -> str:
     digest = hashlib.sha256()
     for entry in entries:
         digest.update(f"{entry.relpath} {entry.label}\n".encode())
+    return digest.hexdigest()
+
+
+def files_digest(entries: Iterable[Entry]) -> str:
+    """sha256 over ``f"{relpath} {size} {mtime_ns}\n"`` of each image file, in list order.
+
+    Why size + mtime and not the bytes: it costs one `stat` per image (well under a second for VTAB-1k's 1,000
+    training images, a few seconds for a 70,000-image test list on a network file system) instead of reading
+    every image, and any rewrite of a file (`vqt data synth` at another size, a re-encode, a copy without
+    preserved times) changes it. A file rewritten with identical size *and* timestamp is not detected. A file
+    that cannot be read is recorded as missing; loading it later names it and its list line.
+    """
+    digest = hashlib.sha256()
+    for entry in entries:
+        try:
+            info = os.stat(entry.path)
+            digest.update(f"{entry.relpath} {info.st_size} {info.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{entry.relpath} missing\n".encode())
     return digest.hexdigest()
 
 

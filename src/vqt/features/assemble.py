@@ -35,11 +35,15 @@ def assemble_store(
     rows: Sequence[tuple[int, int]],
     out_dir: str | Path,
     dataset_meta: Mapping[str, Any],
+    *,
+    expect: Mapping[str, Any] | None = None,
 ) -> FeatureStore:
     """Write a complete store whose image i is row `rows[i] = (part, index)` of `parts`.
 
     The result's metadata is the parts' (same backbone, weights, transform, dtype) with `dataset_meta` and the new
-    count, so `open_store` checks it exactly like an extracted store of the same request.
+    count, so `open_store` checks it exactly like an extracted store of the same request. The parts carry no
+    proof of what they were made for: pass the request's metadata as `expect` (as `open_store` takes it) so the
+    result is checked against the request, not against a copy of the parts' own metadata.
     """
     first = parts[0].meta
     for part in parts[1:]:
@@ -49,6 +53,7 @@ def assemble_store(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / COMPLETE_FILE).unlink(missing_ok=True)
+    (out / PROGRESS_FILE).unlink(missing_ok=True)  # an interrupted assembly must not look like a resumable extraction
     count = len(rows)
     meta = {
         **first,
@@ -72,4 +77,5 @@ def assemble_store(
         array.flush()
     atomic_write_json(out / PROGRESS_FILE, {"done": count})
     atomic_write_json(out / COMPLETE_FILE, {"count": count, "weights_sha256": meta["weights_sha256"]})
-    return open_store(out, {k: v for k, v in meta.items() if k != "library_version"})
+    own = {k: v for k, v in meta.items() if k != "library_version"}
+    return open_store(out, own if expect is None else expect)

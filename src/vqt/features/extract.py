@@ -99,6 +99,7 @@ def extract_features(
     overwrite: bool = False,
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
+    fingerprint: str | None = None,
 ) -> FeatureStore:
     """Extract (or resume, or reuse) the feature store of `dataset` under `out_dir`.
 
@@ -112,6 +113,8 @@ def extract_features(
         chunk_size: images between durable commits (rounded up to whole batches).
         overwrite: replace a store made for another request instead of refusing it.
         on_chunk: called with the number of images committed after each chunk (progress reporting, tests).
+        fingerprint: `weights_fingerprint` of the backbone when the caller already has it (hashing the weights
+            of a large backbone takes a moment; the protocol checks several stores against one backbone).
 
     Returns:
         The complete store, opened and checked. An existing complete store of the same request is reused as is;
@@ -129,6 +132,7 @@ def extract_features(
         dataset_meta=dataset_meta,
         count=count,
         dtype=dtype,
+        fingerprint=fingerprint,
     )
     expect = {key: value for key, value in meta.items() if key != "library_version"}
 

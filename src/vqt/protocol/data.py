@@ -14,12 +14,15 @@ from typing import Any
 
 from torch import nn
 
+from vqt.backbone.sources import weights_fingerprint
 from vqt.data.dataset import ImageListDataset
 from vqt.data.lists import ImageList, read_vtab_split
 from vqt.data.registry import SPLITS, TASKS, find_task, resolve_tasks
 from vqt.errors import DataError, StoreError
 from vqt.features import FeatureStore, extract_features, is_complete, open_store
 from vqt.features.assemble import assemble_store
+from vqt.features.extract import request_meta
+from vqt.features.store import META_FILE, check_meta, read_meta
 
 log = logging.getLogger("vqt.protocol")
 
@@ -114,33 +117,62 @@ def task_store(
     out: str | Path | None = None,
     overwrite_hint: str = "pass --overwrite-stores to replace it, or use another --store-dir",
 ) -> FeatureStore:
-    """The feature store of one split: reused when it matches, resumed when half-written, extracted otherwise."""
+    """The feature store of one split: reused when it matches, resumed when half-written, extracted otherwise.
+
+    Every store this opens — the split's own, or the train800 and val200 stores train800val200 is assembled
+    from — is checked against this request (backbone, weights, transform, dtype, list and image files).
+    """
     images = read_split(data_root, task, split)
     out = Path(out) if out is not None else Path(store_dir) / task / split
+    request = StoreRequest(backbone, backbone_spec, transform_description, dtype)
     try:
         if split == "train800val200" and store_dir is not None and not is_complete(out):
-            assembled = _assemble_from_parts(images, out, data_root, task, Path(store_dir) / task)
+            assembled = _assemble_from_parts(images, out, data_root, task, Path(store_dir) / task, request,
+                                             overwrite)
             if assembled is not None:
                 return assembled
         return _extract(backbone, images, out, backbone_spec, task, split, transform, transform_description, dtype,
-                        batch_size, num_workers, progress, overwrite)
+                        batch_size, num_workers, progress, overwrite, request.fingerprint)
     except StoreError as error:
         raise StoreError(str(error).replace("(or pass overwrite=True to replace it)", f"({overwrite_hint})")
                          ) from error
 
 
+class StoreRequest:
+    """What a store must have been made from, for any split: `expect(...)` gives the metadata to check."""
+
+    def __init__(self, backbone: nn.Module, backbone_spec: str, transform_description: Mapping[str, Any],
+                 dtype: str) -> None:
+        self.backbone, self.backbone_spec = backbone, backbone_spec
+        self.transform_description, self.dtype = dict(transform_description), dtype
+        self.fingerprint = weights_fingerprint(backbone)  # hashed once for all the splits it checks
+
+    def expect(self, task: str, split: str, images: ImageList) -> dict[str, Any]:
+        meta = request_meta(self.backbone, backbone_spec=self.backbone_spec, transform=self.transform_description,
+                            dataset_meta=dataset_meta(task, split, images), count=len(images), dtype=self.dtype,
+                            fingerprint=self.fingerprint)
+        return {key: value for key, value in meta.items() if key != "library_version"}
+
+
 def _assemble_from_parts(
-    images: ImageList, out: Path, data_root: str | Path, task: str, task_dir: Path
+    images: ImageList, out: Path, data_root: str | Path, task: str, task_dir: Path, request: StoreRequest,
+    overwrite: bool,
 ) -> FeatureStore | None:
-    """train800val200 from the complete train800 and val200 stores when its entries are exactly theirs."""
+    """train800val200 from the complete train800 and val200 stores when both were made for this request and
+    its entries are exactly theirs; None (extract instead) otherwise."""
+    expect = request.expect(task, "train800val200", images)
+    if (out / META_FILE).is_file() and not overwrite:
+        check_meta(read_meta(out), expect, out)  # a half-written store of another request: refuse, as extraction does
     parts, rows_of = [], {}
     for split in ("train800", "val200"):
         if not is_complete(task_dir / split):
             return None
-        store = open_store(task_dir / split)
         part_images = read_split(data_root, task, split)
-        if store.meta["dataset"].get("sha256") != part_images.digest():
-            return None  # the store was made from another version of the list: extract instead
+        try:
+            store = open_store(task_dir / split, request.expect(task, split, part_images))
+        except StoreError as error:
+            log.info("%s/train800val200: not assembled (%s)", task, error)
+            return None
         for index, entry in enumerate(part_images.entries):
             rows_of.setdefault((entry.relpath, entry.label), (len(parts), index))
         parts.append(store)
@@ -148,12 +180,12 @@ def _assemble_from_parts(
     if not rows or any(row is None for row in rows):
         return None
     log.info("%s/train800val200: assembled from the train800 and val200 stores (no backbone pass)", task)
-    return assemble_store(parts, rows, out, dataset_meta(task, "train800val200", images))
+    return assemble_store(parts, rows, out, dataset_meta(task, "train800val200", images), expect=expect)
 
 
 def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: str, task: str, split: str,
              transform: Callable[[Any], Any], transform_description: Mapping[str, Any], dtype: str,
-             batch_size: int, num_workers: int, progress: bool, overwrite: bool) -> FeatureStore:
+             batch_size: int, num_workers: int, progress: bool, overwrite: bool, fingerprint: str) -> FeatureStore:
     return extract_features(
         backbone,
         make_dataset(images, transform),
@@ -166,6 +198,7 @@ def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: s
         num_workers=num_workers,
         progress=progress,
         overwrite=overwrite,
+        fingerprint=fingerprint,
     )
 
 
