@@ -261,3 +261,12 @@ def test_half_written_store_of_another_request_is_not_resumed(
     assert dataset.reads == COUNT  # started again from the first image
     reference = extract(other, CountingDataset(), tmp_path / "reference")
     assert np.array_equal(store.tokens, reference.tokens)
+
+
+def test_every_field_a_store_records_is_compared(backbone) -> None:
+    """A field added to the metadata but not to COMPARED_FIELDS would never be checked on reuse."""
+    from vqt.features.store import COMPARED_FIELDS, compared_fields
+
+    meta = _expect(backbone)
+    assert set(meta) - set(COMPARED_FIELDS) == {"library_version"}
+    assert compared_fields(meta) == {k: v for k, v in meta.items() if k != "library_version"}

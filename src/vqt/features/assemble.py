@@ -23,6 +23,7 @@ from vqt.features.store import (
     TOKENS_FILE,
     FeatureStore,
     atomic_write_json,
+    compared_fields,
     open_store,
 )
 
@@ -77,5 +78,5 @@ def assemble_store(
         array.flush()
     atomic_write_json(out / PROGRESS_FILE, {"done": count})
     atomic_write_json(out / COMPLETE_FILE, {"count": count, "weights_sha256": meta["weights_sha256"]})
-    own = {k: v for k, v in meta.items() if k != "library_version"}
+    own = compared_fields(meta)
     return open_store(out, own if expect is None else expect)

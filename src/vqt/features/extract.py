@@ -37,6 +37,7 @@ from vqt.features.store import (
     atomic_write_json,
     check_dtype,
     check_meta,
+    compared_fields,
     is_complete,
     open_store,
     read_meta,
@@ -134,7 +135,7 @@ def extract_features(
         dtype=dtype,
         fingerprint=fingerprint,
     )
-    expect = {key: value for key, value in meta.items() if key != "library_version"}
+    expect = compared_fields(meta)
 
     done = 0
     if (out / META_FILE).is_file():

@@ -49,7 +49,8 @@ DTYPES: dict[str, tuple[np.dtype, torch.dtype]] = {
     "float32": (np.dtype(np.float32), torch.float32),
 }
 
-# Metadata fields compared by `check_meta` (library_version is informational: features do not depend on it).
+# The metadata fields a request is checked against (`compared_fields`); library_version is informational only:
+# the features do not depend on it.
 COMPARED_FIELDS = (
     "format_version",
     "backbone",
@@ -61,6 +62,11 @@ COMPARED_FIELDS = (
     "dtype",
     "shapes",
 )
+
+
+def compared_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a store's (or a request's) metadata that must match: pass it as `expect` to `open_store`."""
+    return {key: meta[key] for key in COMPARED_FIELDS if key in meta}
 
 
 def check_dtype(dtype: str) -> str:

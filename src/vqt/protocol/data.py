@@ -22,7 +22,7 @@ from vqt.errors import DataError, StoreError
 from vqt.features import FeatureStore, extract_features, is_complete, open_store
 from vqt.features.assemble import assemble_store
 from vqt.features.extract import request_meta
-from vqt.features.store import META_FILE, check_meta, read_meta
+from vqt.features.store import META_FILE, check_meta, compared_fields, read_meta
 
 log = logging.getLogger("vqt.protocol")
 
@@ -151,7 +151,7 @@ class StoreRequest:
         meta = request_meta(self.backbone, backbone_spec=self.backbone_spec, transform=self.transform_description,
                             dataset_meta=dataset_meta(task, split, images), count=len(images), dtype=self.dtype,
                             fingerprint=self.fingerprint)
-        return {key: value for key, value in meta.items() if key != "library_version"}
+        return compared_fields(meta)
 
 
 def _assemble_from_parts(
