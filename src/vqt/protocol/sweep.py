@@ -246,7 +246,7 @@ class Sweep:
                 final_val = None if t.failed else t.history.final_val_accuracy
                 write_json(d / "result.json", {**ident, "status": "failed" if t.failed else "ok",
                                                "failure": t.failed, "val_accuracy": final_val})
-            self.stopper.committed(len(chunk))
+                self.stopper.committed()  # a kill may land between two units of one chunk
         grid = [unit_done(tdir / "grid" / unit_name(cfg)) for cfg in configs]
         notes = [f"{sum(r['status'] == 'failed' for r in grid)} of {len(grid)} grid configurations failed "
                  "(non-finite loss)"] if any(r["status"] == "failed" for r in grid) else []
@@ -311,7 +311,7 @@ class Sweep:
                                 "compressed_test_accuracy": result["compressed_test_accuracy"]})
                 write_jsonl(d / METRICS_FILE, records)
                 write_json(d / "result.json", result)
-            self.stopper.committed(len(chunk))
+                self.stopper.committed()
         finals = [unit_done(tdir / "final" / f"seed{cfg.seed}") for cfg in seeds]
         done = [r for r in finals if r["status"] == "ok"]
         if len(done) < len(finals):
