@@ -3,6 +3,11 @@
 Same backbone, batch and input size for all methods, each in a fresh process (see `vqt.methods.benchmark`);
 prints a Markdown table, optionally writes it (and the raw rows as JSON), and draws the accuracy-vs-memory
 scatter plot when a sweep's accuracies are given.
+
+Exit status: 0 when every method was measured; 2, with one line and nothing measured, when the request cannot work
+at all (an unknown method or backbone, a checkpoint that does not load, no CUDA); 1 when some or all methods failed
+while measuring: the table (and --out/--json) is still written with those rows marked `failed: <reason>`, and one
+line on stderr names them.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_memory(args: argparse.Namespace, command: str | None = None) -> int:
     import torch
 
+    from vqt.backbone.sources import create_backbone
     from vqt.methods.benchmark import header, load_accuracies, markdown_table, measure_all, scatter_plot
     from vqt.methods.registry import get_method
 
@@ -61,6 +67,8 @@ def run_memory(args: argparse.Namespace, command: str | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VQTError("--device cuda asked for, but no CUDA device is available")
+    # Build it once here (CPU, then dropped) so an unknown or unloadable backbone is one error, not every method's.
+    create_backbone(args.backbone, img_size=args.img_size)
     rows = measure_all(args.methods, args.backbone, args.batch, args.img_size, args.steps, device, args.num_classes)
     command = command or "vqt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     text = "\n".join([header(args.backbone, args.batch, args.img_size, device, args.steps), "",
@@ -83,4 +91,9 @@ def run_memory(args: argparse.Namespace, command: str | None = None) -> int:
         drawn = scatter_plot(rows, load_accuracies(args.accuracies), plot,
                              f"{args.backbone}, batch {args.batch}, {args.img_size}px, {device}")
         print(f"plot: {plot} ({drawn} methods with both numbers)")
+    failed = [row["method"] for row in rows if "error" in row]
+    if failed:
+        print(f"vqt: {len(failed)} of {len(rows)} methods failed: {', '.join(failed)} (reasons in the table)",
+              file=sys.stderr)
+        return 1
     return 0

@@ -1,8 +1,10 @@
 """Entry point of the `vqt` console script.
 
 Every sub-command lives in its own module of this package and exposes `register(subparsers)`, which adds its
-parser and sets `func(args) -> int`. Errors derived from `VQTError` print one line and exit 2; `--debug` shows
-the traceback instead.
+parser and sets `func(args) -> int`. Errors derived from `VQTError`, and every `OSError` (a path the user gave
+that is missing, a file, a folder, unwritable, a full disk), print one line `vqt: error: ...` naming the file and
+exit 2; `--debug` shows the traceback instead. A command whose work failed, even in part, never returns 0 (each
+command's --help says which status it uses).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import sys
 
 from vqt.errors import VQTError
+from vqt.protocol.rundir import os_error_message
 
 # Sub-command modules, in the order `vqt --help` lists them.
 COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "extract")
@@ -43,10 +46,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
-    except VQTError as error:
+    except (VQTError, OSError) as error:
         if args.debug:
             raise
-        print(f"vqt: error: {error}", file=sys.stderr)
+        message = os_error_message(error) if isinstance(error, OSError) else str(error)
+        print(f"vqt: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vqt: interrupted", file=sys.stderr)

@@ -150,8 +150,28 @@ class StopCounter:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def os_error_message(error: OSError) -> str:
+    """One line for an OS error, naming the file(s); hints where the user's fix is not obvious."""
+    names = [str(name) for name in (error.filename, getattr(error, "filename2", None)) if name is not None]
+    where = " -> ".join(names)
+    reason = error.strerror or str(error) or type(error).__name__
+    if error.errno == errno.ENOSPC:
+        return (f"no space left on device{f' ({where})' if where else ''}; free some space or point --out/--store-dir "
+                "to another disk, then rerun the same command to resume")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied{f' ({where})' if where else ''}: {reason}"
+    if error.errno == errno.ENOTDIR:
+        return f"{where or 'a path'}: not a directory (a part of the path is a file)"
+    if error.errno == errno.EISDIR:
+        return f"{where or 'a path'} is a directory, where a file was expected"
+    return f"{where}: {reason}" if where else reason
+
+
 def user_errors(function: F) -> F:
-    """Turn the OS errors a user can fix (disk full, permission) into one-line `VQTError`s."""
+    """Turn every OS error (disk full, permission, a file where a folder should be, ...) into a one-line `VQTError`.
+
+    Paths come from the user (--out, --store-dir, --data-root), so an OS error is theirs to fix, not a bug.
+    """
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -160,12 +180,6 @@ def user_errors(function: F) -> F:
         except VQTError:
             raise
         except OSError as error:
-            where = f" ({error.filename})" if getattr(error, "filename", None) else ""
-            if error.errno == errno.ENOSPC:
-                raise VQTError(f"no space left on device{where}; free some space or point --out/--store-dir to "
-                               "another disk, then rerun the same command to resume") from error
-            if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-                raise VQTError(f"permission denied{where}: {error.strerror}") from error
-            raise
+            raise VQTError(os_error_message(error)) from error
 
     return wrapper  # type: ignore[return-value]
