@@ -1,6 +1,6 @@
 """Training speed of VQT from a feature store, measured side by side with the alternatives in one run.
 
-Ratios (DESIGN §1, issue 3), per backbone (random weights, random 224 px images):
+Ratios (docs/design.md §1.6, §1.7 and §5; issue 3), per backbone (random weights, random 224 px images):
 - store epoch / official-style epoch (queries appended to the sequence with a mask, full autograd through the
   backbone, as andytu28/VQT does it): goal <= 0.01;
 - store epoch / online epoch (backbone without autograd, query path with autograd: `VQT.forward`);

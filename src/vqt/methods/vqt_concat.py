@@ -3,7 +3,7 @@
 Kept as a comparison point (benchmarks) and for exact reproduction of the original code's computation. It has
 the same parameters, init and feature as `VQT` but runs every block on the concatenation under autograd, so
 `backward()` walks the whole backbone and the saved activations grow with every op of every block — the
-memory cost DESIGN §1 measures and that `VQT` avoids.
+memory cost docs/design.md §1.4 describes and that `VQT` avoids.
 """
 
 from __future__ import annotations

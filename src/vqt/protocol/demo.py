@@ -70,7 +70,7 @@ REDUCED = Budget(
     queries=1,
     memory_batch=32,
 )
-# Full: the protocol's budget (DESIGN §2) on the four built-in tasks at 224 px.
+# Full: the protocol's budget (docs/design.md §2) on the four built-in tasks at 224 px.
 FULL = Budget(
     tasks=("dsprites_ori", "dsprites_loc", "clevr_count", "clevr_dist"),
     img_size=224,

@@ -254,7 +254,7 @@ def compress(
     group_lasso: float = 1e-4,
     seed: int = 0,
 ) -> nn.Module:
-    """DESIGN §2 compression: queries frozen, a group-lasso head ranks the features, a fresh head on the kept.
+    """docs/design.md §2 compression: queries frozen, a group-lasso head ranks the features, a fresh head on the kept.
 
     `lr` is the effective lr of the chosen configuration; the selection trains at half of it.
     """
