@@ -91,15 +91,20 @@ def query_block_output(
     Args:
         block: a timm `Block` (checked by `vqt.backbone.tap.check_supported`), in eval mode.
         queries: P_l, shape (B, Q, D) or (1, Q, D) when all images share the queries.
-        tokens: X_l = norm1_l(Z_{l-1}), shape (B, N, D); any float dtype (a store's fp16 is upcast).
+        tokens: X_l = norm1_l(Z_{l-1}), shape (B, N, D); any float dtype.
         form: "absorbed", "recompute", or "auto" (see `choose_form`).
         return_attention: also return the queries' attention weights, (B, H, Q, N).
 
     Returns:
-        O_l of shape (B, Q, D) (and the attention weights if asked).
+        O_l of shape (B, Q, D) (and the attention weights if asked), in the block's dtype.
+
+    The path computes in the dtype of the block's weights: queries and tokens are cast to it (fp32 queries of a
+    bf16 backbone keep their fp32 master copy; the gradient flows back through the cast), a store's fp16/bf16
+    tokens are upcast for an fp32 backbone.
     """
     attn = block.attn
-    tokens = tokens.to(queries.dtype)
+    dtype = block.norm1.weight.dtype if getattr(block.norm1, "weight", None) is not None else queries.dtype
+    queries, tokens = queries.to(dtype), tokens.to(dtype)
     if form == "auto":
         form = choose_form(block, queries.shape[1])
     if form == "absorbed" and not isinstance(attn.k_norm, nn.Identity):

@@ -73,8 +73,14 @@ class BackboneTap(nn.Module):
     def embed_dim(self) -> int:
         return int(self.model.embed_dim)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the backbone's weights are in (a backbone cast to bf16 runs in bf16)."""
+        return self.model.patch_embed.proj.weight.dtype
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TapOutput:
+        images = images.to(self.dtype)  # fp32 images into a bf16/fp16 backbone
         with block_inputs(self.model) as tokens:
             pre_logits = self.model.forward_head(self.model.forward_features(images), pre_logits=True)
         # A token-pooled feature is a view of the final token map: copy it so holding it does not keep the map.

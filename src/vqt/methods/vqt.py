@@ -53,7 +53,8 @@ def combine_features(
             pieces.append(torch.einsum("bqd,q->bd", out, layer_weights[index]))
         else:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
-    return torch.cat([F.normalize(piece, dim=-1, eps=1e-12) for piece in pieces], dim=-1)
+    # In the pre-logits' dtype (the head's: fp32), whatever dtype the backbone computed the pieces in.
+    return torch.cat([F.normalize(piece.to(pre_logits.dtype), dim=-1, eps=1e-12) for piece in pieces], dim=-1)
 
 
 def feature_dim(embed_dim: int, num_queries: Sequence[int], variant: Variant) -> int:
