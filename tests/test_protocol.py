@@ -142,3 +142,15 @@ def test_train_api_online_vqt_with_augmentation_and_lora(data_root: Path, tmp_pa
 
         run_sweep({**BASE, "data_root": str(data_root), "tasks": "dsprites_loc", "method": "lora",
                    "out": str(tmp_path / "d")})
+
+
+@pytest.mark.parametrize("compress", ["official", "0.7"])
+@pytest.mark.parametrize("how", [{"online": True}, {"method": "lora"}])
+def test_compress_with_online_training_is_refused(data_root: Path, tmp_path: Path, compress: str, how: dict) -> None:
+    """Compression retrains the head on stored features; online training has none, so it used to be skipped."""
+    from vqt.protocol.single import run_train
+
+    with pytest.raises(VQTError, match="drop --compress"):
+        run_train({**BASE, "data_root": str(data_root), "task": "dsprites_loc", "compress": compress, **how,
+                   "out": str(tmp_path / "run")})
+    assert not (tmp_path / "run").exists()  # refused before any work

@@ -270,3 +270,13 @@ def test_every_field_a_store_records_is_compared(backbone) -> None:
     meta = _expect(backbone)
     assert set(meta) - set(COMPARED_FIELDS) == {"library_version"}
     assert compared_fields(meta) == {k: v for k, v in meta.items() if k != "library_version"}
+
+
+def test_declared_torch_supports_bf16_stores() -> None:
+    """A bf16 store is read with `torch.from_numpy` on its uint16 bits, which torch supports from 2.3 on."""
+    import re
+
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    torch_minimum = re.search(r'"torch>=(\d+)\.(\d+)', pyproject)  # (tomllib is Python >= 3.11 only)
+    assert torch_minimum is not None and (int(torch_minimum[1]), int(torch_minimum[2])) >= (2, 3)
+    assert torch.from_numpy(np.zeros(2, np.uint16)).view(torch.int16).view(torch.bfloat16).dtype == torch.bfloat16

@@ -3,7 +3,7 @@
 This is the one place the VQT math lives; the online model, the feature-store trainer, the hyper-parameter grid
 and the feature-adapting combinations all call `query_block_output`. It reuses the block's own modules (norm1,
 qkv, q_norm/k_norm, scale-norm, gate, proj, LayerScale, norm2, MLP), so every timm variant the tap accepts is
-handled by the same code. Semantics (DESIGN §1): the queries' keys and values come from X_l only; a query does
+handled by the same code. Semantics (docs/design.md §1.1): the queries' keys and values come from X_l only; a query does
 not attend to itself or to other queries; the ordinary tokens never see the queries.
 
 Two exact forms of the attention:

@@ -1,7 +1,7 @@
 """The feature store: what the query path reads, extracted once, on disk as memory-mapped arrays.
 
 Without augmentation (VTAB-1k uses none) everything the queries read is a fixed function of the image: per block
-the normalised input tokens X_l and the backbone's pre-logits feature (DESIGN §1). A store keeps, per image,
+the normalised input tokens X_l and the backbone's pre-logits feature (docs/design.md §1.6). A store keeps, per image,
 X_l for every block (L, N, D), the pre-logits feature (D) and the label, so training epochs never run the
 backbone. Arrays are `.npy` files opened with `numpy.memmap`, so a store larger than RAM still works: the OS
 pages in what a batch touches.

@@ -70,8 +70,9 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     online = bool(c["online"]) or not get_method(method).store_trainable
     if c["augment"] and not online:
         raise VQTError("--augment needs --online (a feature store holds one fixed view of each image)")
-    if c["compress"] not in (None, "official") and online:
-        raise VQTError("--compress reads the training features from a feature store; drop --online")
+    if c["compress"] is not None and online:  # "official" too: it would be silently skipped
+        raise VQTError(f"--compress {c['compress']} retrains the head on the training features of a feature store, "
+                       f"which {'--online' if c['online'] else f'method {method!r}'} does not use; drop --compress")
     task = resolve_task_list(c["task"], c["data_root"])[0]
     splits = tuple(s for s in (c["train_split"], c["val_split"], c["eval_split"]) if s)
     check_data_root(c["data_root"], [task], splits)

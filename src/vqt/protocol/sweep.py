@@ -1,8 +1,10 @@
-"""The VTAB-1k protocol (DESIGN §2) over one or many tasks, resumable, into a run folder.
+"""The VTAB-1k protocol (docs/design.md §2) over one or many tasks, resumable, into a run folder.
 
 Per task: the lr x wd grid trains on train800 and is judged on val200 at the last epoch (ties -> the smaller lr,
 then the smaller wd); the chosen configuration trains on train800val200 with N seeds and each is evaluated on test
-at the last epoch; optionally each seed is compressed (group-lasso selection) and evaluated beside it.
+at the last epoch; optionally each seed is compressed (group-lasso selection) and evaluated beside it. A seed
+varies the initialisation and the dropout masks; every seed sees the images in the same order (`data_seed`), since
+the seeds train together in one pass over the store (the official code reshuffles per seed: docs/protocol.md).
 
 Run folder::
 
