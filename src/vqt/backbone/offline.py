@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from vqt.errors import BackboneError
+from vqt.io import write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -316,27 +316,12 @@ def _write_cache(
     }
     try:
         weights_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(weights_path, data)
-        _atomic_write(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
+        write_atomic(weights_path, data)
+        write_atomic(meta_path, (json.dumps(meta, indent=2) + "\n").encode())
     except OSError as error:
         logger.warning(
             "could not cache offline weights in %s (%s); converting again next time", weights_path, error
         )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Temp file in the same directory + os.replace: readers see the old file or the new one, never a mix."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(temp, 0o644)  # mkstemp makes it private; a cache may be shared like any ~/.cache file
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def _lookup(name: str) -> OfflineBackbone:
