@@ -44,8 +44,12 @@ def save_adapter(
     transform: dict[str, Any] | None = None,
     class_names: list[str] | None = None,
     extra: dict[str, Any] | None = None,
+    push_to_hub: str | None = None,
 ) -> Path:
-    """Save queries + head + config. `backbone_spec` is the spelling `create_backbone` understands."""
+    """Save queries + head + config. `backbone_spec` is the spelling `create_backbone` understands.
+
+    `push_to_hub="owner/name"` then uploads the folder with a generated model card (`vqt.hub.push_to_hub`).
+    """
     directory = Path(directory)
     num_classes = model.head.out_features
     if class_names is not None and len(class_names) != num_classes:
@@ -71,6 +75,10 @@ def save_adapter(
     }
     write_atomic(directory / WEIGHTS_NAME, weights)
     write_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2).encode())  # written last: the commit
+    if push_to_hub:
+        from vqt.hub import push_to_hub as push
+
+        push(directory, push_to_hub)
     return directory
 
 
@@ -131,7 +139,12 @@ def load_adapter(
     """Rebuild a trained VQT: the recorded backbone (or `backbone`), then queries and head from the file.
 
     `num_queries`, if given, is what the caller expects; an adapter with another Q is refused.
+    `directory` may be `hf-hub:OWNER/NAME[@REVISION]`: downloaded (`vqt.hub`), then loaded and checked as a folder.
     """
+    if str(directory).startswith("hf-hub:"):
+        from vqt.hub import download
+
+        directory = download(directory)
     directory = Path(directory)
     config = read_adapter_config(directory)
     if num_queries is not None:

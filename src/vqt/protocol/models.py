@@ -340,8 +340,10 @@ def read_trained_config(directory: str | Path) -> dict[str, Any]:
 
 
 def load_trained(directory: str | Path, backbone: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Load what `save_trained` wrote: (model in eval mode, its config)."""
-    directory = Path(directory)
+    """Load what `save_trained` wrote: (model in eval mode, its config). `hf-hub:OWNER/NAME[@REV]` is downloaded."""
+    from vqt.hub import local_folder
+
+    directory = local_folder(directory)
     if backbone is None:
         config = read_trained_config(directory)
         if "backbone" not in config:

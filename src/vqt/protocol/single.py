@@ -15,6 +15,7 @@ from vqt.backbone.sources import create_backbone, describe
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.methods.registry import get_method
+from vqt.protocol import tensorboard
 from vqt.protocol.data import (
     check_data_root,
     class_names,
@@ -34,7 +35,7 @@ from vqt.protocol.models import (
     train_store_configs,
 )
 from vqt.protocol.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, write_json, write_jsonl
-from vqt.protocol.sweep import SWEEP_DEFAULTS, epoch_records, resolve_device
+from vqt.protocol.sweep import SWEEP_DEFAULTS, epoch_records, resolve_device, unit_name
 from vqt.training import GridConfig
 from vqt.training.recipe import scaled_lr
 
@@ -45,7 +46,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
                                       "transform", "img_size", "epochs", "warmup_epochs", "batch_size",
                                       "eval_every", "group_lasso", "store_dtype", "store_dir", "overwrite",
                                       "overwrite_stores", "device", "num_workers", "extract_batch", "eval_batch",
-                                      "progress")},
+                                      "progress", "tensorboard")},
     "task": None,
     "lr": 0.1,
     "wd": 1e-4,
@@ -77,7 +78,9 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     splits = tuple(s for s in (c["train_split"], c["val_split"], c["eval_split"]) if s)
     check_data_root(c["data_root"], [task], splits)
     run = RunDir(c["out"])
-    run.prepare(c, overwrite=bool(c["overwrite"]), kind="train")
+    if c["tensorboard"]:
+        tensorboard.require()
+    run.prepare(tensorboard.run_config(c), overwrite=bool(c["overwrite"]), kind="train")
     started = time.time()
     device = resolve_device(c["device"])
     backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(device)
@@ -120,8 +123,10 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                                       [GridConfig(recipe.lr, recipe.weight_decay, recipe.seed)], recipe,
                                       val_store=val_store, progress=bool(c["progress"]))[0]
     records = epoch_records(trained, ident)
+    tb_run = f"{task.name}/train/{unit_name(trained.config)}_seed{recipe.seed}"
     if trained.failed:
         write_jsonl(run.path / METRICS_FILE, records)
+        tensorboard.log_unit(c["tensorboard"], tb_run, records)
         write_json(run.path / SUMMARY_FILE, {"status": "failed", "failure": trained.failed, **ident})
         raise VQTError(f"training stopped: {trained.failed} (lr {recipe.lr:g}, wd {recipe.weight_decay:g}); "
                        "try a smaller --lr")
@@ -155,5 +160,6 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
         summary["keep"] = keep
     summary["seconds"] = round(time.time() - started, 1)
     write_jsonl(run.path / METRICS_FILE, records)
+    tensorboard.log_unit(c["tensorboard"], tb_run, records)
     write_json(run.path / SUMMARY_FILE, summary)
     return summary

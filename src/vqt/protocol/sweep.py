@@ -37,7 +37,7 @@ from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.registry import get_method
-from vqt.protocol import tables
+from vqt.protocol import tables, tensorboard
 from vqt.protocol.data import (
     TaskSpec,
     check_data_root,
@@ -108,6 +108,7 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "eval_batch": 64,
     "test_store": False,
     "progress": True,
+    "tensorboard": None,
 }
 
 
@@ -164,6 +165,8 @@ class Sweep:
         self.progress = bool(c["progress"])
         self.stopper = StopCounter()
         self.feature_cache: dict = {}
+        if c["tensorboard"]:
+            tensorboard.require()  # refused now, not after the first task
 
     # ------------------------------------------------------------------ setup
 
@@ -201,7 +204,7 @@ class Sweep:
 
     def run(self) -> dict[str, Any]:
         c = self.config
-        self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
+        self.run_dir.prepare(tensorboard.run_config(c), overwrite=bool(c["overwrite"]), kind="sweep")
         started = time.time()
         self.device = resolve_device(c["device"])
         self.backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
@@ -235,6 +238,8 @@ class Sweep:
         for chunk in chunks(configs, int(c["grid_chunk"])):
             dirs = [tdir / "grid" / unit_name(cfg) for cfg in chunk]
             if all(unit_done(d) for d in dirs):
+                for d in dirs:
+                    tensorboard.log_committed(c["tensorboard"], d.relative_to(tdir.parent), d / METRICS_FILE)
                 continue
             for d in dirs:
                 reset_unit(d)
@@ -244,7 +249,9 @@ class Sweep:
             for t, d in zip(trained, dirs, strict=True):
                 ident = {**base, "phase": "grid", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
                          "seed": t.config.seed}
-                write_jsonl(d / METRICS_FILE, epoch_records(t, ident))
+                records = epoch_records(t, ident)
+                write_jsonl(d / METRICS_FILE, records)
+                tensorboard.log_unit(c["tensorboard"], d.relative_to(tdir.parent), records)
                 final_val = None if t.failed else t.history.final_val_accuracy
                 write_json(d / "result.json", {**ident, "status": "failed" if t.failed else "ok",
                                                "failure": t.failed, "val_accuracy": final_val})
@@ -271,6 +278,8 @@ class Sweep:
         for chunk in chunks(seeds, int(c["grid_chunk"])):
             dirs = [tdir / "final" / f"seed{cfg.seed}" for cfg in chunk]
             if all(unit_done(d) for d in dirs):
+                for d in dirs:
+                    tensorboard.log_committed(c["tensorboard"], d.relative_to(tdir.parent), d / METRICS_FILE)
                 continue
             for d in dirs:
                 reset_unit(d)
@@ -312,6 +321,7 @@ class Sweep:
                 records.append({**ident, "kind": "test", "test_accuracy": result["test_accuracy"],
                                 "compressed_test_accuracy": result["compressed_test_accuracy"]})
                 write_jsonl(d / METRICS_FILE, records)
+                tensorboard.log_unit(c["tensorboard"], d.relative_to(tdir.parent), records)
                 write_json(d / "result.json", result)
                 self.stopper.committed()
         finals = [unit_done(tdir / "final" / f"seed{cfg.seed}") for cfg in seeds]
