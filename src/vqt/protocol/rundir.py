@@ -33,7 +33,7 @@ STOP_ENV = "VQT_STOP_AFTER_UNITS"  # test hook: simulate a kill after this many 
 
 # Keys of a resolved configuration that do not change results (a rerun may differ in them).
 NON_SEMANTIC = frozenset({"out", "overwrite", "progress", "no_progress", "num_workers", "device", "store_dir",
-                          "extract_batch", "eval_batch", "config"})
+                          "extract_batch", "eval_batch", "config", "tensorboard"})
 
 
 def _clean(value: Any) -> Any:

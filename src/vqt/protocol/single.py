@@ -80,7 +80,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     run = RunDir(c["out"])
     if c["tensorboard"]:
         tensorboard.require()
-    run.prepare(tensorboard.run_config(c), overwrite=bool(c["overwrite"]), kind="train")
+    run.prepare(c, overwrite=bool(c["overwrite"]), kind="train")
     started = time.time()
     device = resolve_device(c["device"])
     backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(device)

@@ -204,7 +204,7 @@ class Sweep:
 
     def run(self) -> dict[str, Any]:
         c = self.config
-        self.run_dir.prepare(tensorboard.run_config(c), overwrite=bool(c["overwrite"]), kind="sweep")
+        self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
         started = time.time()
         self.device = resolve_device(c["device"])
         self.backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)

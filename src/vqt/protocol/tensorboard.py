@@ -24,7 +24,6 @@ from typing import Any
 
 from vqt.errors import VQTError
 
-OPTION = "tensorboard"
 INSTALL = "pip install 'vqt[tensorboard]'"
 EPOCH_SCALARS = (("train_loss", "train/loss"), ("lr_value", "train/lr"), ("val_accuracy", "val/accuracy"))
 
@@ -37,11 +36,6 @@ def require() -> Any:
         raise VQTError(f"--tensorboard needs the tensorboard package, which is not installed: {INSTALL} "
                        f"(or pip install tensorboard)") from error
     return SummaryWriter
-
-
-def run_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The configuration a run folder records and compares on resume: without --tensorboard (it changes no result)."""
-    return {key: value for key, value in config.items() if key != OPTION}
 
 
 def _finite(value: Any) -> bool:
