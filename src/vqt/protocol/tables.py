@@ -74,7 +74,7 @@ def _g(value: float | None) -> str:
     return "–" if value is None else f"{value:g}"
 
 
-def _pm(mean: float | None, std: float | None) -> str:
+def mean_pm_std(mean: float | None, std: float | None) -> str:
     return "–" if mean is None else f"{mean:.2f} ± {std or 0.0:.2f}"
 
 
@@ -88,9 +88,9 @@ def markdown(rows: Sequence[Mapping[str, Any]], title: str = "") -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         cells = [r["task"], r["group"], _fmt(r["queries"]), _g(r["lr"]), _g(r["weight_decay"]),
-                 _fmt(r["val_accuracy"]), _pm(r["test_mean"], r["test_std"]), _fmt(r["seeds"])]
+                 _fmt(r["val_accuracy"]), mean_pm_std(r["test_mean"], r["test_std"]), _fmt(r["seeds"])]
         if compressed:
-            cells += [_pm(r["compressed_mean"], r["compressed_std"]), _fmt(r["keep"])]
+            cells += [mean_pm_std(r["compressed_mean"], r["compressed_std"]), _fmt(r["keep"])]
         status = r["status"] + (f" ({r['notes']})" if r["notes"] else "")
         cells.append(status)
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -131,8 +131,8 @@ def rich_table(rows: Sequence[Mapping[str, Any]], title: str = "VTAB-1k results"
         table.add_column(name, justify="left" if name in ("Task", "Group", "status") else "right")
     for r in rows:
         table.add_row(r["task"], r["group"], _fmt(r["queries"]), _g(r["lr"]), _g(r["weight_decay"]),
-                      _fmt(r["val_accuracy"]), _pm(r["test_mean"], r["test_std"]),
-                      *([_pm(r["compressed_mean"], r["compressed_std"])] if compressed else []),
+                      _fmt(r["val_accuracy"]), mean_pm_std(r["test_mean"], r["test_std"]),
+                      *([mean_pm_std(r["compressed_mean"], r["compressed_std"])] if compressed else []),
                       r["status"] + (f" ({r['notes']})" if r["notes"] else ""))
     means = group_means(rows)
     compressed_means = group_means(rows, "compressed_mean") if compressed else {}
