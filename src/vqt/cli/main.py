@@ -18,7 +18,7 @@ from vqt.errors import VQTError
 from vqt.protocol.rundir import os_error_message
 
 # Sub-command modules, in the order `vqt --help` lists them.
-COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "push", "extract", "report")
+COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "push", "extract", "viz", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
