@@ -1,11 +1,11 @@
 """Drawing the queries' attention (`vqt viz attention`): one PNG per image, maps from `vqt.viz.attention`.
 
 Layout of a figure: one column per layer (after the input as the model saw it), one row per query (and per head
-with `split_heads`). Each panel overlays the query's attention over the patch grid on the image; the thin bar under
-it splits the query's whole attention between the patches and each prefix token (CLS, registers), which have no
-place on the image. With `columns` the layers wrap into
-lines of that many panels. Colour: 0 is no attention; the top of the scale is the panel's own largest patch weight
-(`scale="panel"`, printed over the panel) or the largest over the whole figure (`scale="image"`).
+with `split_heads`); with `columns` the layers wrap into lines of that many panels. Each panel overlays the query's
+attention over the patch grid on the image; the thin bar under it splits the query's whole attention between the
+patches and each prefix token (CLS, registers), which have no place on the image. Colour: 0 is no attention; the
+top of the scale is the panel's own largest patch weight (`scale="panel"`, printed over the panel) or the largest
+over the whole figure (`scale="image"`).
 """
 
 from __future__ import annotations
