@@ -42,9 +42,46 @@ def test_saved_activations_bounded_by_tokens_not_ops() -> None:
     assert tokens_bytes <= ours_bytes <= 1.25 * tokens_bytes
     # The concat implementation records every op of every block for all tokens.
     assert concat_bytes >= 8 * ours_bytes
-    # Both still train the same parameters with the same gradients.
-    for a, b in zip(ours.trainable_parameters(), concat.trainable_parameters(), strict=True):
-        assert a.grad is not None and b.grad is not None
+    # Both still train the same parameters with the same gradients: compare them with query dropout off (the two
+    # models would draw different masks), on the same weights and images.
+    for model in (ours, concat):
+        model.query_dropout.p = 0.0
+        model.zero_grad(set_to_none=True)
+        saved_bytes(model, images)
+    assert_same_gradients(ours, concat)
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+GRADIENT_TOLERANCE = 1e-5  # relative (Frobenius) per parameter; seen <= 5e-7 (fp32 rounding, other op order)
+
+
+def assert_same_gradients(ours: VQT, concat: ConcatVQT) -> None:
+    """Every query and head parameter gets the same, nonzero gradient from both implementations.
+
+    Catches a VQT or ConcatVQT whose forward is right but whose backward is not (e.g. a detached or rescaled
+    residual, a query path whose gradient skips the attention or the MLP branch).
+    """
+    pairs = list(zip(ours.trainable_parameters(), concat.trainable_parameters(), strict=True))
+    assert len(pairs) == len(ours.queries) + 2  # queries of every layer, head weight and bias
+    for index, (a, b) in enumerate(pairs):
+        assert a.grad is not None and b.grad is not None, index
+        assert b.grad.abs().max() > 0, index
+        assert relative_error(a.grad, b.grad) <= GRADIENT_TOLERANCE, (index, relative_error(a.grad, b.grad))
+
+
+def test_concat_vqt_gradients_match_vqt() -> None:
+    """Same gradients of a real training loss (cross-entropy), Q=2, LayerScale and registers, dropout off."""
+    backbone = tiny_vit("dinov2_ls_reg")
+    ours = VQT(backbone, num_classes=5, num_queries=2, query_dropout=0.0).train()
+    concat = ConcatVQT(backbone, num_classes=5, num_queries=2, query_dropout=0.0).train()
+    concat.load_state_dict(ours.state_dict())
+    images, labels = torch.randn(BATCH, 3, 32, 32), torch.tensor([0, 3, 1, 4])
+    for model in (ours, concat):
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+    assert_same_gradients(ours, concat)
 
 
 def test_concat_vqt_matches_vqt() -> None:
