@@ -204,3 +204,15 @@ def test_registry() -> None:
     assert [n for n, s in METHODS.items() if s.store_trainable] == ["linear", "head2toe", "vqt"]
     with pytest.raises(VQTError, match="did you mean"):
         get_method("lora8")
+
+
+def test_feature_selection_leaves_the_global_random_stream_alone() -> None:
+    """Compression used to call torch.manual_seed(seed): every later random draw of the caller was reseeded."""
+    features, labels = torch.randn(32, 8), torch.randint(0, 2, (32,))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    first = select_and_refit(features, labels, 2, keep_fraction=0.5, epochs=2, seed=7)
+    assert torch.equal(torch.rand(3), expected)
+    second = select_and_refit(features, labels, 2, keep_fraction=0.5, epochs=2, seed=7)
+    assert torch.equal(first.indices, second.indices) and torch.equal(first.linear.weight, second.linear.weight)

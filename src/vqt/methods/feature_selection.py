@@ -106,9 +106,14 @@ def select_and_refit(
     weight_decay: float = 0.0,
     seed: int = 0,
 ) -> SelectedHead:
-    """The whole recipe: a group-lasso head on all features, rank columns, a fresh head on the kept ones."""
-    torch.manual_seed(seed)
-    probe = nn.Linear(features.shape[1], num_classes)
-    fit_linear_head(features, labels, probe, epochs=epochs, lr=lr, group_lasso=group_lasso, seed=seed)
-    head = SelectedHead(select_features(probe.weight, keep_fraction), num_classes)
+    """The whole recipe: a group-lasso head on all features, rank columns, a fresh head on the kept ones.
+
+    Both heads train at `lr` with a constant rate; `seed` fixes their initialisation and batch order without
+    touching the global random stream (a library call must not reseed the caller's RNG).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = nn.Linear(features.shape[1], num_classes)
+        fit_linear_head(features, labels, probe, epochs=epochs, lr=lr, group_lasso=group_lasso, seed=seed)
+        head = SelectedHead(select_features(probe.weight, keep_fraction), num_classes)
     return fit_linear_head(features, labels, head, epochs=epochs, lr=lr, weight_decay=weight_decay, seed=seed)

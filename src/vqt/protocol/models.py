@@ -256,7 +256,9 @@ def compress(
 ) -> nn.Module:
     """docs/design.md §2 compression: queries frozen, a group-lasso head ranks the features, a fresh head on the kept.
 
-    `lr` is the effective lr of the chosen configuration; the selection trains at half of it.
+    `lr` is the effective lr of the chosen configuration; the group-lasso selection head and the fresh head on the
+    kept features both train at half of it (the reference notes give the half for the selection; the fresh head's
+    rate is not stated there, and this keeps the one rate the selection used).
     """
     features, labels = store_features(model, train_store)
     head = select_and_refit(
