@@ -14,8 +14,7 @@ import importlib
 import logging
 import sys
 
-from vqt.errors import VQTError
-from vqt.protocol.rundir import os_error_message
+from vqt.errors import VQTError, os_error_message
 
 # Sub-command modules, in the order `vqt --help` lists them.
 COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "push", "extract", "viz", "report")

@@ -8,7 +8,6 @@ written last, atomically: a unit with it is finished and never redone, a unit wi
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import logging
@@ -19,7 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from vqt.errors import VQTError
+from vqt.errors import VQTError, os_error_message
 from vqt.io import write_atomic
 from vqt.protocol.config import to_yaml
 
@@ -148,23 +147,6 @@ class StopCounter:
 
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def os_error_message(error: OSError) -> str:
-    """One line for an OS error, naming the file(s); hints where the user's fix is not obvious."""
-    names = [str(name) for name in (error.filename, getattr(error, "filename2", None)) if name is not None]
-    where = " -> ".join(names)
-    reason = error.strerror or str(error) or type(error).__name__
-    if error.errno == errno.ENOSPC:
-        return (f"no space left on device{f' ({where})' if where else ''}; free some space or point --out/--store-dir "
-                "to another disk, then rerun the same command to resume")
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"permission denied{f' ({where})' if where else ''}: {reason}"
-    if error.errno == errno.ENOTDIR:
-        return f"{where or 'a path'}: not a directory (a part of the path is a file)"
-    if error.errno == errno.EISDIR:
-        return f"{where or 'a path'} is a directory, where a file was expected"
-    return f"{where}: {reason}" if where else reason
 
 
 def user_errors(function: F) -> F:
