@@ -23,7 +23,13 @@ from vqt.errors import BackboneError
 
 @dataclass
 class TapOutput:
-    """What one backbone pass yields: per-block normalised inputs and the pre-logits feature."""
+    """What one backbone pass yields: per-block normalised inputs and the pre-logits feature.
+
+    Attributes:
+        tokens: L tensors of shape (B, N, D): X_l = norm1_l(Z_{l-1}), the tokens block l's keys and values
+            come from.
+        pre_logits: (B, D): the backbone's own pooled, normalised feature.
+    """
 
     tokens: list[torch.Tensor]  # L tensors of shape (B, N, D): X_l = norm1_l(Z_{l-1})
     pre_logits: torch.Tensor  # (B, D): the backbone's own pooled, normalised feature
@@ -63,14 +69,17 @@ class BackboneTap(nn.Module):
 
     @property
     def blocks(self) -> nn.ModuleList | nn.Sequential:
+        """The backbone's transformer blocks, in order."""
         return self.model.blocks
 
     @property
     def depth(self) -> int:
+        """L, the number of blocks (one X_l per block in `TapOutput.tokens`)."""
         return len(self.model.blocks)
 
     @property
     def embed_dim(self) -> int:
+        """D, the token width."""
         return int(self.model.embed_dim)
 
     @property
@@ -80,6 +89,7 @@ class BackboneTap(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> TapOutput:
+        """One no-autograd pass over `images` (B, 3, H, W): X_l of every block and the pre-logits feature."""
         images = images.to(self.dtype)  # fp32 images into a bf16/fp16 backbone
         with block_inputs(self.model) as tokens:
             pre_logits = self.model.forward_head(self.model.forward_features(images), pre_logits=True)

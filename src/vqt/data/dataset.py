@@ -64,6 +64,7 @@ class ImageListDataset(Dataset):
 
     @property
     def num_classes(self) -> int:
+        """Number of classes of the underlying `ImageList`."""
         return self.images.num_classes
 
     def bad_indices(self) -> list[int]:

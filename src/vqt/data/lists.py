@@ -56,7 +56,16 @@ class Entry:
 
 @dataclass(frozen=True)
 class ImageList:
-    """A checked, ordered list of entries: the unit a dataset, a feature store and a run summary refer to."""
+    """A checked, ordered list of entries: the unit a dataset, a feature store and a run summary refer to.
+
+    Attributes:
+        entries: one `Entry` per image (path, label, where it was listed), in list order.
+        num_classes: number of classes (labels are 0 .. num_classes - 1).
+        root: the folder the listed paths are relative to.
+        source: the list file (or folder) the entries were read from; error messages name it.
+        class_names: one name per label, when known (class-names file, ImageFolder sub-folders).
+        skipped: one reason per entry dropped while reading (with `skip_bad=True`).
+    """
 
     entries: tuple[Entry, ...]
     num_classes: int
@@ -70,6 +79,7 @@ class ImageList:
 
     @property
     def labels(self) -> list[int]:
+        """The label of every entry, in list order."""
         return [entry.label for entry in self.entries]
 
     def digest(self) -> str:

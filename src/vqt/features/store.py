@@ -169,6 +169,7 @@ class FeatureStore:
 
     @property
     def depth(self) -> int:
+        """L, the number of blocks whose X_l the store holds."""
         return int(self.tokens.shape[1])
 
     @property
@@ -191,6 +192,7 @@ class FeatureStore:
     def batches(
         self, batch_size: int, order: Sequence[int] | None = None
     ) -> Iterator[tuple[TapOutput, torch.Tensor]]:
+        """`batch` over consecutive chunks of `order` (default: store order), `batch_size` images each."""
         order = np.arange(len(self)) if order is None else np.asarray(order)
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start : start + batch_size])

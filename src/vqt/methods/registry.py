@@ -85,6 +85,7 @@ METHODS: dict[str, MethodSpec] = {
 
 
 def method_names() -> list[str]:
+    """Every name `create_method` accepts, in the registry's order (linear, head2toe, vqt, ..., vqt+X)."""
     return list(METHODS)
 
 

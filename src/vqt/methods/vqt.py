@@ -115,6 +115,7 @@ class VQT(nn.Module):
 
     @property
     def backbone(self) -> nn.Module:
+        """The frozen timm ViT (the same module as `self.tap.model`)."""
         return self.tap.model
 
     def reset_parameters(self) -> None:
@@ -137,6 +138,7 @@ class VQT(nn.Module):
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters that train: queries, head (and layer weights of the "weighted" variant)."""
         return [p for p in self.parameters() if p.requires_grad]
 
     def layer_queries(self, index: int, batch: int) -> torch.Tensor:

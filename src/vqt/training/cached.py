@@ -39,9 +39,11 @@ class History:
 
     @property
     def final_val_accuracy(self) -> float | None:
+        """The last epoch's validation accuracy (what the protocol judges a configuration by), or None."""
         return self.val_accuracy[-1] if self.val_accuracy else None
 
     def to_dict(self) -> dict:
+        """The three per-epoch lists as a plain dict (what a run records)."""
         return {"lr": self.lr, "train_loss": self.train_loss, "val_accuracy": self.val_accuracy}
 
 

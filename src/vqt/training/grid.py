@@ -41,7 +41,13 @@ from vqt.training.recipe import (
 
 @dataclass(frozen=True)
 class GridConfig:
-    """One configuration: unscaled peak lr (as in the official grid), weight decay, seed."""
+    """One configuration: unscaled peak lr (as in the official grid), weight decay, seed.
+
+    Attributes:
+        lr: peak learning rate before the batch/256 scaling.
+        weight_decay: coupled L2 weight decay.
+        seed: initialisation and query-dropout seed of this configuration.
+    """
 
     lr: float
     weight_decay: float
@@ -203,7 +209,14 @@ class VQTGrid(nn.Module):
 
 @dataclass
 class GridResult:
-    """The trained grid: configurations, their histories, and the stacked parameters (`grid.export(i)`)."""
+    """The trained grid: configurations, their histories, and the stacked parameters (`grid.export(i)`).
+
+    Attributes:
+        configs: the configurations, in training order (`grid_configs` order).
+        histories: one `History` per configuration, same order.
+        grid: every configuration's queries and head stacked along a leading axis.
+        extra: free-form notes recorded with the run.
+    """
 
     configs: list[GridConfig]
     histories: list[History]
@@ -211,6 +224,7 @@ class GridResult:
     extra: dict = field(default_factory=dict)
 
     def model(self, index: int) -> VQT:
+        """Configuration `index` as an ordinary VQT on the same backbone, in eval mode (`VQTGrid.export`)."""
         return self.grid.export(index)
 
     def best(self) -> int:

@@ -29,7 +29,24 @@ _DROPOUT_STREAM = 0x9E3779B1  # keeps dropout draws independent of the init and 
 
 @dataclass(frozen=True)
 class Recipe:
-    """How to train. Defaults are the official VQT recipe; `lr` is the unscaled grid value."""
+    """How to train. Defaults are the official VQT recipe; `lr` is the unscaled grid value.
+
+    Attributes:
+        lr: peak learning rate before the batch/256 scaling (the official grid's value).
+        weight_decay: coupled L2 weight decay (added to the gradient, as in `torch.optim.Adam`).
+        batch_size: training batch.
+        epochs: training epochs.
+        warmup_epochs: linear warm-up epochs from lr 0 before the half cosine.
+        scale_lr: multiply `lr` by batch_size / 256, as the official code does.
+        betas: Adam's betas.
+        eps: Adam's eps.
+        head_bias_decay: also decay the head bias (the official code exempts it).
+        drop_last: drop the last partial batch (the single-GPU official loader keeps it).
+        seed: initialisation and query-dropout masks.
+        data_seed: order of the training images; None: same as `seed`.
+        eval_every: evaluate on the validation split every this many epochs (and always at the end).
+        extra: free-form notes recorded with the run.
+    """
 
     lr: float = 0.1
     weight_decay: float = 1e-4
@@ -59,12 +76,15 @@ class Recipe:
 
     @property
     def order_seed(self) -> int:
+        """The seed of the training-image order: `data_seed`, or `seed` when that is None."""
         return self.seed if self.data_seed is None else self.data_seed
 
     def replace(self, **changes: object) -> Recipe:
+        """A copy with `changes` applied (the recipe itself is frozen)."""
         return replace(self, **changes)
 
     def to_dict(self) -> dict:
+        """Every field as a plain dict (what a run records)."""
         return asdict(self)
 
 
