@@ -111,7 +111,7 @@ def test_model_card_says_what_the_adapter_is(tmp_path: Path) -> None:
                                                   "compressed_test_accuracy": 0.75}))
     card = model_card(unit / "adapter", REPO)
     meta = front_matter(card)
-    assert meta["library_name"] == "vqt"
+    assert meta["library_name"] == "visual-query-tuning"  # the distribution; PyPI's `vqt` is another project
     assert {"vqt", "visual-query-tuning", "image-classification"} <= set(meta["tags"])
     assert meta["base_model"] == "timm/vit_base_patch16_224.orig_in21k"  # timm's pretrained config of the spelling
     trainable = sum(p.numel() for p in model.trainable_parameters())
@@ -119,7 +119,7 @@ def test_model_card_says_what_the_adapter_is(tmp_path: Path) -> None:
                  "81.25% on test (from result.json of its run)", "| Q (queries per layer) | 2 per layer (3 layers) |",
                  f"| trainable parameters | {trainable:,} (head 772, layer_weights 6, queries 288) |",
                  "lr 0.1, weight_decay 0.001, seed 0", 'vqt.load_adapter("hf-hub:owner/name")',
-                 "vqt predict hf-hub:owner/name", CARD_MARKER):
+                 "vqt predict hf-hub:owner/name", "pip install visual-query-tuning", CARD_MARKER):
         assert text in card, text
     # The compressed model's folder takes the compressed accuracy; a result of another task is not taken.
     shutil.copytree(unit / "adapter", unit / "adapter-compressed")

@@ -64,7 +64,7 @@ def assert_same(actual: dict, expected: dict) -> None:
 
 
 def test_sweep_writes_one_run_per_configuration(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'vqt[tensorboard]')")
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'visual-query-tuning[tensorboard]')")
     out, board = tmp_path / "run", tmp_path / "tb"
     assert main(sweep_args(data_root, out, "dsprites_ori", "--tensorboard", str(board))) == 0
     runs = read_runs(board)
@@ -81,7 +81,7 @@ def test_sweep_writes_one_run_per_configuration(data_root: Path, tmp_path: Path)
 
 def test_resumed_sweep_adds_tensorboard_for_units_done_before(data_root: Path, tmp_path: Path,  # noqa: F811
                                                               monkeypatch) -> None:
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'vqt[tensorboard]')")
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'visual-query-tuning[tensorboard]')")
     out, board = tmp_path / "run", tmp_path / "tb"
     args = sweep_args(data_root, out, "dsprites_ori", "--grid-chunk", "1")
     monkeypatch.setenv(STOP_ENV, "3")  # killed after three committed units, without --tensorboard
@@ -94,7 +94,7 @@ def test_resumed_sweep_adds_tensorboard_for_units_done_before(data_root: Path, t
 
 
 def test_train_writes_its_run(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'vqt[tensorboard]')")
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'visual-query-tuning[tensorboard]')")
     out, board = tmp_path / "one", tmp_path / "tb"
     assert main(["train", *BACKBONE, "--data-root", str(data_root), "--task", "clevr_count", "--lr", "0.1",
                  "--wd", "0.001", "--val-split", "val200", *TINY, "--out", str(out),
@@ -117,8 +117,8 @@ def test_missing_tensorboard_is_one_clear_line(data_root: Path, tmp_path: Path, 
     assert main(sweep_args(data_root, out, "dsprites_ori", "--tensorboard", str(tmp_path / "tb"))) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and error.startswith("vqt: error: ")
-    assert "pip install 'vqt[tensorboard]'" in error
+    assert "pip install 'visual-query-tuning[tensorboard]'" in error
     assert not out.exists()  # refused before anything was written
     assert main(["train", *BACKBONE, "--data-root", str(data_root), "--task", "clevr_count", *TINY,
                  "--out", str(tmp_path / "one"), "--tensorboard", str(tmp_path / "tb")]) == 2
-    assert "pip install 'vqt[tensorboard]'" in capsys.readouterr().err
+    assert "pip install 'visual-query-tuning[tensorboard]'" in capsys.readouterr().err

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +29,10 @@ FORMAT_VERSION = 1
 
 
 def library_version() -> str:
-    try:
-        return version("vqt")
-    except PackageNotFoundError:
-        return "unknown"
+    """The installed `visual-query-tuning` version (`vqt.__version__`), recorded in adapters, stores and runs."""
+    import vqt
+
+    return vqt.__version__
 
 
 def save_adapter(

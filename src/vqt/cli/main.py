@@ -20,12 +20,30 @@ from vqt.errors import VQTError, os_error_message
 COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "push", "extract", "viz", "report")
 
 
+def version_line() -> str:
+    import vqt
+
+    return f"vqt {vqt.__version__} ({vqt.DISTRIBUTION}, Python {sys.version.split()[0]})"
+
+
+def asks_version(argv: list[str]) -> bool:
+    """`vqt --version` (before any command): answered without importing the commands (and so torch)."""
+    for arg in argv:
+        if arg == "--version":
+            return True
+        if arg in COMMAND_MODULES:
+            return False
+    return False
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vqt",
         description="Visual Query Tuning for timm Vision Transformers.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the installed version (distribution visual-query-tuning) and exit")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="logging level"
@@ -37,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if asks_version(sys.argv[1:] if argv is None else argv):
+        print(version_line())
+        return 0
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")

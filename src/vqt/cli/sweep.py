@@ -43,7 +43,7 @@ OPTIONS = (
     Option("--out", D["out"], "run folder (resumed when it holds an unfinished run of the same configuration)"),
     Option("--tensorboard", D["tensorboard"], "also write the per-epoch train loss, lr and val accuracy as "
            "TensorBoard runs, one per configuration: DIR/<task>/grid/lr<lr>_wd<wd> and DIR/<task>/final/seed<s>"
-           " (needs pip install 'vqt[tensorboard]')"),
+           " (needs pip install 'visual-query-tuning[tensorboard]')"),
     *shared_options(D, "--store-dir"),
     Option("--overwrite", D["overwrite"], "redo a finished run (or one of another configuration) in --out",
            flag_action=True),

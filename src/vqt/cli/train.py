@@ -36,7 +36,7 @@ OPTIONS = (
     Option("--out", D["out"], "run folder"),
     Option("--tensorboard", D["tensorboard"], "also write the per-epoch train loss, lr and val accuracy as "
            "TensorBoard runs, one per configuration: DIR/<task>/train/lr<lr>_wd<wd>_seed<s>"
-           " (needs pip install 'vqt[tensorboard]')"),
+           " (needs pip install 'visual-query-tuning[tensorboard]')"),
     *shared_options(D, "--store-dir"),
     Option("--overwrite", D["overwrite"], "replace a finished run in --out", flag_action=True),
     *shared_options(D, "--overwrite-stores", "--device", "--num-workers", "--extract-batch"),

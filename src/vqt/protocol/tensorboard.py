@@ -12,7 +12,8 @@ two copies of a step; units committed before `--tensorboard` was given are writt
 resumed sweep passes them. `--tensorboard` changes no result: a run resumes with or without it, and it is not
 part of the configuration a run folder records.
 
-TensorBoard is an optional extra (`pip install 'vqt[tensorboard]'`); without it `--tensorboard` is refused at once.
+TensorBoard is an optional extra (`pip install 'visual-query-tuning[tensorboard]'`); without it `--tensorboard` is
+refused at once.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from vqt.errors import VQTError
 
-INSTALL = "pip install 'vqt[tensorboard]'"
+INSTALL = "pip install 'visual-query-tuning[tensorboard]'"
 EPOCH_SCALARS = (("train_loss", "train/loss"), ("lr_value", "train/lr"), ("val_accuracy", "val/accuracy"))
 
 
