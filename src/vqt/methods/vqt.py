@@ -11,7 +11,8 @@ The backbone runs once without autograd (`BackboneTap`); only the cheap query pa
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Literal
 
 import torch
@@ -24,6 +25,8 @@ from vqt.backbone.tap import BackboneTap, TapOutput
 Variant = Literal["concat", "mean", "weighted"]
 VARIANTS: tuple[str, ...] = ("concat", "mean", "weighted")
 HEAD_BIAS_INIT = -math.log((1 - 0.01) / 0.01)  # reference head bias, -4.595
+EMBED_DROPOUT = 0.1  # the official code's dropout after the position embedding (ViT-B's dropout_rate)
+_EMBED_DROPOUT_STREAM = 0x85EBCA6B  # embedding-dropout masks: independent of the query-dropout and order streams
 
 
 def query_init_bound(patch_size: int, embed_dim: int) -> float:
@@ -57,6 +60,52 @@ def combine_features(
     return torch.cat([F.normalize(piece.to(pre_logits.dtype), dim=-1, eps=1e-12) for piece in pieces], dim=-1)
 
 
+class EmbedDropoutTap(BackboneTap):
+    """A `BackboneTap` that, while `active`, applies dropout `p` to the embedded tokens (after the position
+    embedding, where the official code's embedding dropout sits), whatever the backbone's own `pos_drop` is.
+
+    The dropout is a forward hook on `pos_drop` that exists only during this tap's own pass, so the backbone
+    module (and whoever else uses it) is unchanged; it applies under `no_grad` too. Masks come from `generator`
+    when one is set (drawn on the CPU, as the query-dropout masks are), else from torch's global generator.
+    """
+
+    def __init__(self, model: nn.Module, p: float = EMBED_DROPOUT) -> None:
+        super().__init__(model)
+        self.p = float(p)
+        self.active = False
+        self.generator: torch.Generator | None = None
+
+    def _drop(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            return F.dropout(output, self.p, training=True)
+        keep = torch.empty(output.shape, dtype=output.dtype).bernoulli_(1.0 - self.p, generator=self.generator)
+        return output * keep.to(output.device) / (1.0 - self.p)
+
+    def forward(self, images: torch.Tensor) -> TapOutput:
+        if not self.active or self.p == 0:
+            return super().forward(images)
+        handle = self.model.pos_drop.register_forward_hook(self._drop)
+        try:
+            return super().forward(images)
+        finally:
+            handle.remove()
+
+
+@contextmanager
+def seeded_embed_dropout(model: nn.Module, seed: int) -> Iterator[None]:
+    """Draw a VQT's embedding-dropout masks (if it has them on) from a generator seeded by `seed`."""
+    tap = getattr(model, "tap", None)
+    if not isinstance(tap, EmbedDropoutTap):
+        yield
+        return
+    original = tap.generator
+    tap.generator = torch.Generator().manual_seed((seed * 1_000_003 + _EMBED_DROPOUT_STREAM) % (2**63))
+    try:
+        yield
+    finally:
+        tap.generator = original
+
+
 def feature_dim(embed_dim: int, num_queries: Sequence[int], variant: Variant) -> int:
     per_layer = [q * embed_dim if variant == "concat" else embed_dim for q in num_queries]
     return embed_dim + sum(per_layer)
@@ -72,8 +121,10 @@ class VQT(nn.Module):
         variant: how a layer's Q outputs become its feature piece: "concat" (reference), "mean", "weighted".
         query_dropout: dropout on the query tokens in training (reference: 0.1), a fresh mask per image.
         form: attention form of the query path ("auto" picks per layer; see `vqt.backbone.query_path`).
-        embed_dropout: opt-in: leave the backbone's embedding dropout active in training, as the official code
-            does by accident. Off by default.
+        embed_dropout: opt-in: dropout 0.1 on the embedded tokens (after the position embedding) in training, as
+            the official code does (it leaves its embedding dropout active). Off by default. It changes the
+            backbone's tokens every pass, so it needs online training (`train_online`); a feature store holds one
+            fixed pass and store training refuses it. The backbone module itself is not modified.
     """
 
     def __init__(
@@ -87,7 +138,7 @@ class VQT(nn.Module):
         embed_dropout: bool = False,
     ) -> None:
         super().__init__()
-        self.tap = BackboneTap(backbone)
+        self.tap = EmbedDropoutTap(backbone, EMBED_DROPOUT) if embed_dropout else BackboneTap(backbone)
         for parameter in backbone.parameters():
             parameter.requires_grad_(False)
         depth, dim = self.tap.depth, self.tap.embed_dim
@@ -130,11 +181,14 @@ class VQT(nn.Module):
         nn.init.constant_(self.head.bias, HEAD_BIAS_INIT)
 
     def train(self, mode: bool = True) -> VQT:
-        """Train the queries and head; the backbone stays in eval mode (frozen statistics, no dropout)."""
+        """Train the queries and head; the backbone stays in eval mode (frozen statistics, no dropout inside it).
+
+        With `embed_dropout` the tap drops out the embedded tokens in training mode (`EmbedDropoutTap`).
+        """
         super().train(mode)
         self.tap.eval()
-        if mode and self.embed_dropout:
-            self.backbone.pos_drop.train()
+        if isinstance(self.tap, EmbedDropoutTap):
+            self.tap.active = mode
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:

@@ -24,9 +24,15 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vqt.backbone.tap import TapOutput
+from vqt.errors import VQTError
 from vqt.features.store import FeatureStore
-from vqt.methods.vqt import VQT
+from vqt.methods.vqt import VQT, seeded_embed_dropout
 from vqt.training.recipe import Recipe, lr_at_epoch, make_optimizer, order_generator, seeded_query_dropout
+
+STORE_EMBED_DROPOUT = (
+    "embed_dropout needs online training: a feature store holds one fixed backbone pass, so embedding dropout "
+    "cannot apply (train with train_online / --online, or turn it off)"
+)
 
 
 @dataclass
@@ -163,7 +169,7 @@ def _fit_vqt(
         return F.cross_entropy(model.head(model.features_from(to_tap(inputs))), labels.to(device))
 
     optimizer = make_optimizer(model, recipe)
-    with seeded_query_dropout(model, recipe.seed):
+    with seeded_query_dropout(model, recipe.seed), seeded_embed_dropout(model, recipe.seed):
         return fit_epochs(model, optimizer, recipe, num_items, make_batches, loss_of, validate,
                           progress=progress, stop_on_non_finite=False)
 
@@ -181,6 +187,8 @@ def train_cached(
     The store must come from `model`'s backbone (check it with `open_store(..., expect=request_meta(...))`).
     Initialise the model first (e.g. `seed_init(model, recipe.seed)`); this function only trains it.
     """
+    if getattr(model, "embed_dropout", False):
+        raise VQTError(STORE_EMBED_DROPOUT)
     recipe = recipe or Recipe()
     device = _device(model)
     validate = (lambda: evaluate_store([model], val_store)[0]) if val_store is not None else None
