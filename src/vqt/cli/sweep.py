@@ -19,15 +19,19 @@ OPTIONS = (
     *shared_options(D, "--backbone"),
     Option("--data-root", D["data_root"], "VTAB-1k root: <root>/<task>/{train800,val200,train800val200,test}.txt"),
     Option("--tasks", D["tasks"], "'all', a group (natural, specialized, structured) or a comma list of tasks"),
-    Option("--method", D["method"], "what to train from the feature store: vqt, linear or head2toe"),
+    Option("--method", D["method"], "any method of the registry (vqt.method_names()): vqt, linear and head2toe "
+           "train from feature stores; finetune, bitfit, vpt-shallow, vpt-deep, lora, adaptformer, vqt-concat and "
+           "vqt+X train online from images, one configuration at a time"),
     Option("--queries", D["queries"], "Q per layer for every task ('10') or per task ('svhn=20,dtd=1'); "
            "unset: the official per-task Q of the registry", type=queries_spec),
     *shared_options(D, "--variant", "--query-dropout"),
     Option("--transform", D["transform"], "input normalisation: the backbone's own pretrained config, or the "
            "official VTAB-1k one (bilinear resize, ImageNet mean/std)", choices=("backbone", "official")),
     *shared_options(D, "--img-size"),
-    Option("--lrs", D["lrs"], "lr grid (unscaled; multiplied by batch/256)", type=float_list),
-    Option("--wds", D["wds"], "weight-decay grid", type=float_list),
+    Option("--lrs", D["lrs"], "lr grid (unscaled; multiplied by batch/256); unset: the method's own grid "
+           "(vqt: 1.0,0.5,0.25,0.1,0.05; others: docs/protocol.md, 'Per-method grids and recipes')", type=float_list),
+    Option("--wds", D["wds"], "weight-decay grid; unset: the method's own (vqt: 0.01,0.001,0.0001,0)",
+           type=float_list),
     Option("--seeds", D["seeds"], "seeds of the chosen configuration on train800val200", type=int),
     Option("--grid-seed", D["grid_seed"], "initialisation seed of the grid configurations", type=int),
     Option("--data-seed", D["data_seed"], "seed of the training-image order (shared by every configuration)", type=int),
@@ -70,16 +74,24 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from vqt.errors import VQTError
-    from vqt.protocol.rundir import user_errors
+    from vqt.protocol.rundir import FinishedRun, user_errors
     from vqt.protocol.sweep import run_sweep
     from vqt.protocol.tables import rich_table
 
     config = resolve(args, OPTIONS)
     config["progress"] = not config.pop("no_progress")
-    summary = user_errors(run_sweep)(config)
     console = Console()
     if not console.is_terminal:
         console = Console(width=200)
+    try:
+        summary = user_errors(run_sweep)(config)
+    except FinishedRun as finished:  # a finished run rerun with the same options: its results, not an error
+        summary = finished.summary
+        console.print(f"{finished.path} already holds this finished sweep run (pass --overwrite to redo it):")
+        failed = [f"{r['task']}: {r['notes']}" for r in summary["rows"] if r.get("notes")]
+        if failed:
+            summary["failures"] = (f"some configurations failed ({'; '.join(failed)}); they are marked in "
+                                   f"{finished.path / 'results.md'}, the other results are complete")
     console.print(rich_table(summary["rows"], title=f"{summary['method']} on {summary['backbone']}"))
     console.print(f"results: {config['out']}/results.md, {config['out']}/results.csv")
     if summary.get("failures"):

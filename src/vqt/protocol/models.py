@@ -219,6 +219,41 @@ def fit_online(
     )
 
 
+def train_online_configs(
+    method: str,
+    backbone: nn.Module,
+    num_classes: int,
+    kwargs: dict,
+    train_dataset: Dataset,
+    configs: Sequence[GridConfig],
+    recipe: Recipe,
+    *,
+    val_dataset: Dataset | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> list[Trained]:
+    """Train every configuration from images, one at a time (`fit_online`); same result type as
+    `train_store_configs`.
+
+    Each configuration starts from the pristine `backbone` (`build_model` copies it for every method that changes
+    or trains it; `backbone` itself is never modified) and trains under the global RNG seeded from its own seed,
+    so its result does not depend on which configurations trained before it (resume computes the same thing).
+    """
+    device = next(backbone.parameters()).device
+    trained = []
+    for config in configs:
+        model = build_model(method, backbone, num_classes, kwargs, config.seed).to(device)
+        config_recipe = recipe.replace(lr=config.lr, weight_decay=config.weight_decay, seed=config.seed)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)  # dropout inside adapters/backbone draws from the global stream
+            history = fit_online(model, train_dataset, config_recipe, val_dataset=val_dataset,
+                                 num_workers=num_workers, progress=progress)
+        failed = _failure(history) if non_finite(history) else None
+        trained.append(Trained(config, history, None if failed else model.eval(), failed))
+    return trained
+
+
 @torch.no_grad()
 def evaluate_images(
     models: Sequence[nn.Module], dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0,

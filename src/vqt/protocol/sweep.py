@@ -19,6 +19,12 @@ Run folder::
 Units are trained in fixed chunks (`grid_chunk` configurations sharing one pass over the store); a chunk whose
 units all committed is skipped on resume, any other is wiped and retrained, so a resumed run computes exactly
 what an uninterrupted one does.
+
+Methods that change the backbone's features (`store_trainable` False in the registry: fine-tuning, BitFit, VPT,
+LoRA, AdaptFormer, vqt-concat and the vqt+X combinations) train online from images, one configuration per chunk
+(`train_online_configs`, each from the pristine backbone); no feature store is extracted for them and test images
+stream through each trained model. Without `--lrs`/`--wds` each method uses its own default grid
+(`vqt.protocol.method_defaults`).
 """
 
 from __future__ import annotations
@@ -47,8 +53,8 @@ from vqt.protocol.data import (
     resolve_task_list,
     task_store,
 )
+from vqt.protocol.method_defaults import method_grid
 from vqt.protocol.models import (
-    HEAD_METHODS,
     Trained,
     compress,
     evaluate_images,
@@ -56,6 +62,7 @@ from vqt.protocol.models import (
     make_recipe,
     method_kwargs,
     save_trained,
+    train_online_configs,
     train_store_configs,
 )
 from vqt.protocol.rundir import (
@@ -70,7 +77,7 @@ from vqt.protocol.rundir import (
     write_jsonl,
     write_text,
 )
-from vqt.training import LR_GRID, WD_GRID, GridConfig, Recipe, grid_configs
+from vqt.training import GridConfig, Recipe, grid_configs
 from vqt.training.recipe import scaled_lr
 
 log = logging.getLogger("vqt.protocol")
@@ -85,8 +92,8 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "query_dropout": 0.1,
     "transform": "backbone",
     "img_size": None,
-    "lrs": list(LR_GRID),
-    "wds": list(WD_GRID),
+    "lrs": None,  # None: the method's own grid (vqt.protocol.method_defaults)
+    "wds": None,
     "seeds": 5,
     "grid_seed": 0,
     "data_seed": 0,
@@ -152,10 +159,18 @@ class Sweep:
                                              SWEEP_DEFAULTS}}
         c = self.config
         self.method = get_method(c["method"]).name
-        if not get_method(self.method).store_trainable:
-            raise VQTError(f"`vqt sweep` trains from feature stores; method {self.method!r} changes the backbone's "
-                           f"features and must train online (`vqt train --online`); sweepable: vqt, "
-                           f"{', '.join(HEAD_METHODS)}")
+        self.online = not get_method(self.method).store_trainable
+        if self.online and c["compress"] is not None:
+            raise VQTError(f"--compress {c['compress']} retrains the head on stored training features, which method "
+                           f"{self.method!r} (trained online from images) does not have; drop --compress")
+        if self.online and c["test_store"]:
+            raise VQTError(f"--test-store evaluates from stored features, which method {self.method!r} (trained "
+                           f"online from images) cannot read; drop --test-store")
+        grid = method_grid(self.method)
+        if c["lrs"] is None:
+            c["lrs"] = list(grid.lrs)
+        if c["wds"] is None:
+            c["wds"] = list(grid.wds)
         self.tasks = resolve_task_list(c["tasks"], c["data_root"])
         check_data_root(c["data_root"], self.tasks)
         if not c["lrs"] or not c["wds"] or int(c["seeds"]) < 1:
@@ -165,6 +180,7 @@ class Sweep:
         self.progress = bool(c["progress"])
         self.stopper = StopCounter()
         self.feature_cache: dict = {}
+        self.datasets: dict[tuple[str, str], Any] = {}
         if c["tensorboard"]:
             tensorboard.require()  # refused now, not after the first task
 
@@ -199,6 +215,32 @@ class Sweep:
             store_dir=self.store_dir, dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
             num_workers=int(c["num_workers"]), progress=self.progress, overwrite=bool(c["overwrite_stores"]),
         )
+
+    def dataset(self, task: str, split: str) -> Any:
+        """The images of a split (online methods), built once per task and split."""
+        key = (task, split)
+        if key not in self.datasets:
+            self.datasets = {k: v for k, v in self.datasets.items() if k[0] == task}  # one task's at a time
+            self.datasets[key] = make_dataset(read_split(self.config["data_root"], task, split), self.transform)
+        return self.datasets[key]
+
+    def chunk_size(self) -> int:
+        """Configurations per chunk: `grid_chunk` from a store; online, one (each trains on its own)."""
+        return 1 if self.online else int(self.config["grid_chunk"])
+
+    def train_configs(self, task: str, split: str, configs: list[GridConfig], num_classes: int, kwargs: dict,
+                      recipe: Recipe, *, validate: bool) -> list[Trained]:
+        """Train `configs` on `split`: from the feature store, or online from images (one at a time)."""
+        c = self.config
+        if self.online:
+            return train_online_configs(
+                self.method, self.backbone, num_classes, kwargs, self.dataset(task, split), configs, recipe,
+                val_dataset=self.dataset(task, "val200") if validate else None,
+                num_workers=int(c["num_workers"]), progress=self.progress)
+        return train_store_configs(
+            self.method, self.backbone, num_classes, kwargs, self.store(task, split), configs, recipe,
+            val_store=self.store(task, "val200") if validate else None, progress=self.progress,
+            feature_cache=self.feature_cache)
 
     # ------------------------------------------------------------------ the protocol
 
@@ -235,7 +277,7 @@ class Sweep:
 
         # 1. the grid on train800, judged on val200 at the last epoch
         configs = grid_configs([float(x) for x in c["lrs"]], [float(x) for x in c["wds"]], [int(c["grid_seed"])])
-        for chunk in chunks(configs, int(c["grid_chunk"])):
+        for chunk in chunks(configs, self.chunk_size()):
             dirs = [tdir / "grid" / unit_name(cfg) for cfg in chunk]
             if all(unit_done(d) for d in dirs):
                 for d in dirs:
@@ -243,9 +285,7 @@ class Sweep:
                 continue
             for d in dirs:
                 reset_unit(d)
-            trained = train_store_configs(
-                self.method, self.backbone, num_classes, kwargs, self.store(task.name, "train800"), chunk, recipe,
-                val_store=self.store(task.name, "val200"), progress=self.progress, feature_cache=self.feature_cache)
+            trained = self.train_configs(task.name, "train800", chunk, num_classes, kwargs, recipe, validate=True)
             for t, d in zip(trained, dirs, strict=True):
                 ident = {**base, "phase": "grid", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
                          "seed": t.config.seed}
@@ -275,7 +315,7 @@ class Sweep:
         keep = self.keep_for(task)
         seeds = [GridConfig(best["lr"], best["weight_decay"], s) for s in range(int(c["seeds"]))]
         test_dataset = None
-        for chunk in chunks(seeds, int(c["grid_chunk"])):
+        for chunk in chunks(seeds, self.chunk_size()):
             dirs = [tdir / "final" / f"seed{cfg.seed}" for cfg in chunk]
             if all(unit_done(d) for d in dirs):
                 for d in dirs:
@@ -283,13 +323,12 @@ class Sweep:
                 continue
             for d in dirs:
                 reset_unit(d)
-            trainval = self.store(task.name, "train800val200")
-            trained = train_store_configs(
-                self.method, self.backbone, num_classes, kwargs, trainval, chunk, recipe, progress=self.progress,
-                feature_cache=self.feature_cache)
+            trained = self.train_configs(task.name, "train800val200", chunk, num_classes, kwargs, recipe,
+                                         validate=False)
             models = [t.model for t in trained if t.model is not None]
             compressed: list[nn.Module] = []
             if keep is not None:
+                trainval = self.store(task.name, "train800val200")
                 effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
                 compressed = [compress(m, trainval, keep_fraction=keep, lr=effective, weight_decay=best["weight_decay"],
                                        epochs=recipe.epochs, group_lasso=float(c["group_lasso"]), seed=t.config.seed)
