@@ -64,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "sweep",
         help="run the VTAB-1k protocol on one task or many and write the results table",
-        description=__doc__ + " Every option can also be given in a YAML file (--config); the command line wins.",
+        description=__doc__ + " Every option can also be given in a YAML file (--config); the command line wins."
+        " The official code's embedding dropout (VQT(embed_dropout=True) in Python) is not applied: store"
+        " training cannot apply it (a store holds one fixed backbone pass).",
     )
     add_options(parser, OPTIONS)
     parser.set_defaults(func=run)

@@ -26,7 +26,9 @@ OPTIONS = (
     Option("--train-split", D["train_split"], "split to train on"),
     Option("--val-split", D["val_split"], "split to validate on each --eval-every epochs (unset: none)"),
     Option("--eval-split", D["eval_split"], "split evaluated at the end"),
-    Option("--online", D["online"], "train from images through the backbone instead of a feature store",
+    Option("--online", D["online"], "train from images through the backbone instead of a feature store (the "
+           "official code's embedding dropout, VQT(embed_dropout=True) in Python, applies only online: a store "
+           "holds one fixed backbone pass, so store training cannot apply it and refuses it)",
            flag_action=True),
     Option("--augment", D["augment"], "random resized crop + flip on the training images (needs --online)",
            flag_action=True),
