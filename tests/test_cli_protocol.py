@@ -124,9 +124,9 @@ def test_synth_sweep_predict_end_to_end(data_root: Path, tmp_path: Path, capsys)
     info = json.loads(capsys.readouterr().out)
     assert info["method"] == "vqt" and info["selected_head"] and info["keep_fraction"] == 0.7
 
-    # A finished run is not redone.
-    assert main(sweep_args(data_root, out, "dsprites_ori,clevr_count", "--compress", "0.7")) == 2
-    assert "finished sweep run" in capsys.readouterr().err
+    # A finished run is not redone: rerun with the same options, it prints its table and succeeds.
+    assert main(sweep_args(data_root, out, "dsprites_ori,clevr_count", "--compress", "0.7")) == 0
+    assert "already holds this finished sweep run" in capsys.readouterr().out
 
 
 def test_killed_sweep_resumes(data_root: Path, tmp_path: Path, monkeypatch, capsys) -> None:
@@ -156,7 +156,7 @@ def test_killed_sweep_resumes(data_root: Path, tmp_path: Path, monkeypatch, caps
 
     # Another configuration in the same folder is refused while unfinished/finished.
     assert main(sweep_args(data_root, out, "dsprites_ori", "--grid-chunk", "2")) == 2
-    assert "finished sweep run" in capsys.readouterr().err
+    assert "finished sweep run of another configuration" in capsys.readouterr().err
 
 
 def test_nan_loss_marks_configuration_failed(data_root: Path, tmp_path: Path, capsys) -> None:

@@ -57,12 +57,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vqt.protocol.rundir import user_errors
+    from vqt.protocol.rundir import FinishedRun, user_errors
     from vqt.protocol.single import run_train
 
     config = resolve(args, OPTIONS)
     config["progress"] = not config.pop("no_progress")
-    summary = user_errors(run_train)(config)
+    try:
+        summary = user_errors(run_train)(config)
+    except FinishedRun as finished:  # a finished run rerun with the same options: its results, not an error
+        summary = finished.summary
+        print(f"{finished.path} already holds this finished train run (pass --overwrite to redo it):")
     line = f"{summary['task']}: val {_pct(summary.get('val_accuracy'))}, {summary.get('eval_split')} " \
            f"{_pct(summary.get('eval_accuracy'))}"
     if "compressed_eval_accuracy" in summary:

@@ -2,8 +2,9 @@
 
 A run is a folder; each unit of work (one grid configuration, one seed) is a sub-folder whose `result.json` is
 written last, atomically: a unit with it is finished and never redone, a unit without it is wiped and restarted.
-`config.yaml` says what the run is for; a rerun with another configuration is refused, a finished run (its
-`summary.json` says complete) is refused unless overwriting.
+`config.yaml` says what the run is for; a rerun with another configuration is refused unless overwriting. A
+finished run (its `summary.json` says complete) rerun with the same configuration raises `FinishedRun`, which
+carries its summary: the commands print that run's results and exit 0; nothing is redone.
 """
 
 from __future__ import annotations
@@ -66,6 +67,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
+class FinishedRun(VQTError):
+    """`RunDir.prepare` on a finished run of the same configuration: nothing to do; `summary` is its summary.json.
+
+    A `VQTError`, so code that does not look for it still stops (with a one-line message) rather than redoing work.
+    """
+
+    def __init__(self, path: Path, kind: str, summary: dict[str, Any]) -> None:
+        super().__init__(f"{path} holds a finished {kind} run of this configuration; its results are in {path} "
+                         "(pass --overwrite to redo it)")
+        self.path = path
+        self.kind = kind
+        self.summary = summary
+
+
 class RunDir:
     """A run folder: its configuration, its committed units, its summary."""
 
@@ -73,8 +88,12 @@ class RunDir:
         self.path = Path(path)
 
     def prepare(self, config: Mapping[str, Any], *, overwrite: bool, kind: str) -> bool:
-        """Create or reopen the run; returns True when resuming an unfinished run of the same configuration."""
-        semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC}
+        """Create or reopen the run; returns True when resuming an unfinished run of the same configuration.
+
+        Raises `FinishedRun` for a finished run of the same configuration (not overwriting), and `VQTError` for a
+        run (finished or not) of another one.
+        """
+        semantic = json.loads(json.dumps({k: v for k, v in config.items() if k not in NON_SEMANTIC}))
         config_path = self.path / CONFIG_FILE
         if config_path.is_file():
             import yaml
@@ -82,15 +101,17 @@ class RunDir:
             stored = yaml.safe_load(config_path.read_text()) or {}
             finished = self.is_finished()
             stored_semantic = {k: v for k, v in stored.items() if k not in NON_SEMANTIC}
+            changed = sorted(k for k in set(stored_semantic) | set(semantic)
+                             if stored_semantic.get(k) != semantic.get(k))
             if overwrite:
                 log.info("overwriting %s", self.path)
                 shutil.rmtree(self.path)
+            elif finished and not changed:
+                raise FinishedRun(self.path, kind, read_json(self.path / SUMMARY_FILE))
             elif finished:
-                raise VQTError(f"{self.path} holds a finished {kind} run; pass --overwrite to redo it or choose "
-                               "another --out")
-            elif stored_semantic != json.loads(json.dumps(semantic)):
-                changed = sorted(k for k in set(stored_semantic) | set(semantic)
-                                 if stored_semantic.get(k) != json.loads(json.dumps(semantic.get(k))))
+                raise VQTError(f"{self.path} holds a finished {kind} run of another configuration (differs in: "
+                               f"{', '.join(changed)}); pass --overwrite to redo it or choose another --out")
+            elif changed:
                 raise VQTError(f"{self.path} holds an unfinished run of another configuration (differs in: "
                                f"{', '.join(changed)}); rerun with the same options to resume it, or pass "
                                "--overwrite")
