@@ -17,7 +17,7 @@ import sys
 from vqt.errors import VQTError, os_error_message
 
 # Sub-command modules, in the order `vqt --help` lists them.
-COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "push", "extract", "viz", "report")
+COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "push", "extract", "viz", "report", "compare")
 
 
 def version_line() -> str:

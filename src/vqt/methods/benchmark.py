@@ -213,7 +213,8 @@ def scatter_plot(
         marker = "*" if method.startswith("vqt") else "o"
         axes.scatter(memory, accuracy, marker=marker, s=80 if marker == "*" else 40)
         axes.annotate(method, (memory, accuracy), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    label = {"step_increase_mib": "training memory over the loaded model (MiB)", "peak_mib": "peak memory (MiB)"}
+    label = {"step_increase_mib": "training memory over the loaded model (MiB)", "peak_mib": "peak memory (MiB)",
+             "saved_mib_per_sample": "saved activations (MiB/sample)"}
     axes.set_xlabel(label.get(memory_key, memory_key))
     axes.set_ylabel("accuracy")
     axes.set_title(title, fontsize=9)
