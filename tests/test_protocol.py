@@ -137,11 +137,13 @@ def test_train_api_online_vqt_with_augmentation_and_lora(data_root: Path, tmp_pa
     with pytest.raises(VQTError, match="--augment needs --online"):
         run_train({**BASE, "data_root": str(data_root), "task": "dsprites_loc", "augment": True,
                    "out": str(tmp_path / "c")})
-    with pytest.raises(VQTError, match="must train online"):
+    # the sweep trains LoRA online now (tests/test_sweep_methods.py); only compression (stored features) is refused
+    with pytest.raises(VQTError, match="drop --compress"):
         from vqt.protocol.sweep import run_sweep
 
         run_sweep({**BASE, "data_root": str(data_root), "tasks": "dsprites_loc", "method": "lora",
-                   "out": str(tmp_path / "d")})
+                   "compress": "official", "out": str(tmp_path / "d")})
+    assert not (tmp_path / "d").exists()  # refused before any work
 
 
 @pytest.mark.parametrize("compress", ["official", "0.7"])
