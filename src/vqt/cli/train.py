@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from vqt.protocol.config import Option, add_options, compress_spec, queries_spec, resolve, shared_options
+from vqt.protocol.config import (
+    Option,
+    add_options,
+    compress_spec,
+    queries_spec,
+    resolve,
+    shared_options,
+    validate_config,
+)
 from vqt.protocol.single import TRAIN_DEFAULTS as D
 
 OPTIONS = (
@@ -61,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     from vqt.protocol.single import run_train
 
     config = resolve(args, OPTIONS)
+    validate_config(config)  # impossible settings refused before any work, naming the option
     config["progress"] = not config.pop("no_progress")
     try:
         summary = user_errors(run_train)(config)

@@ -8,6 +8,7 @@ with `default=None` (argparse), its real default kept in `Option.default` and sh
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -169,3 +170,87 @@ def compress_spec(text: str) -> str | float | None:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"--compress fraction must lie in (0, 1], got {value}")
     return value
+
+
+# What `validate_config` checks, by configuration key: integers and their least value; numbers, and number
+# grids, with their bound and whether it is excluded (strict).
+_INTEGER_AT_LEAST = {"epochs": 1, "batch_size": 1, "eval_every": 1, "seeds": 1, "grid_chunk": 0, "img_size": 1,
+                     "num_workers": 0, "extract_batch": 1, "eval_batch": 1}
+_NUMBER_AT_LEAST = {"lr": (0.0, True), "wd": (0.0, False), "group_lasso": (0.0, False)}  # (bound, strict)
+_GRIDS = {"lrs": (0.0, True), "wds": (0.0, False)}
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _shown(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _number(key: str, value: Any, what: str = "") -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise VQTError(f"invalid training settings: {_flag(key)}{what} must be numbers, got {value!r}" if what else
+                       f"invalid training settings: {_flag(key)} must be a number, got {value!r}")
+    return float(value)
+
+
+def validate_config(config: Mapping[str, Any]) -> None:
+    """Refuse impossible settings of a resolved `vqt train` / `vqt sweep` configuration, before any work.
+
+    One `VQTError` naming the option, e.g. "--lr must be > 0, got -1". Only the keys present are checked (None:
+    unset, the command's own default applies), so the same function serves both commands and their Python APIs.
+    """
+
+    def refuse(text: str) -> None:
+        raise VQTError(f"invalid training settings: {text}")
+
+    for key, lowest in _INTEGER_AT_LEAST.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            refuse(f"{_flag(key)} must be an integer, got {value!r}")
+        if value < lowest:
+            refuse(f"{_flag(key)} must be >= {lowest}, got {value}")
+    for key, (bound, strict) in _NUMBER_AT_LEAST.items():
+        value = config.get(key)
+        if value is None:
+            continue
+        number = _number(key, value)
+        if not (number > bound if strict else number >= bound):
+            refuse(f"{_flag(key)} must be {'>' if strict else '>='} {bound:g}, got {_shown(value)}")
+        if not math.isfinite(number):
+            refuse(f"{_flag(key)} must be finite, got {_shown(value)}")
+    for key, (bound, strict) in _GRIDS.items():
+        values = config.get(key)
+        if values is None:
+            continue
+        if not isinstance(values, (list, tuple)):
+            values = [values]
+        if not values:
+            refuse(f"{_flag(key)} must list at least one value (e.g. {_flag(key)} 0.1,0.05)")
+        for value in values:
+            number = _number(key, value, " values")
+            if not (number > bound if strict else number >= bound):
+                refuse(f"{_flag(key)} values must be {'>' if strict else '>='} {bound:g}, got {_shown(value)}")
+            if not math.isfinite(number):
+                refuse(f"{_flag(key)} values must be finite, got {_shown(value)}")
+    epochs, warmup = config.get("epochs"), config.get("warmup_epochs")
+    if warmup is not None:
+        if isinstance(warmup, bool) or not isinstance(warmup, int):
+            refuse(f"--warmup-epochs must be an integer, got {warmup!r}")
+        if warmup < 0 or (epochs is not None and warmup > epochs):
+            upper = "" if epochs is None else f" = [0, {epochs}]"
+            refuse(f"--warmup-epochs must lie in [0, --epochs]{upper}, got {warmup}")
+    dropout = config.get("query_dropout")
+    if dropout is not None and not 0.0 <= _number("query_dropout", dropout) < 1.0:
+        refuse(f"--query-dropout must lie in [0, 1), got {_shown(dropout)}")
+    queries = config.get("queries")
+    if queries is not None:
+        pairs = queries.items() if isinstance(queries, dict) else [(None, queries)]
+        for task, value in pairs:
+            if isinstance(value, bool) or not isinstance(value, int):
+                refuse(f"--queries must be integers, got {value!r}")
+            if value < 1:
+                refuse(f"--queries must be >= 1, got {value if task is None else f'{task}={value}'}")

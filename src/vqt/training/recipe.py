@@ -68,6 +68,12 @@ class Recipe:
             raise ValueError("epochs and batch_size must be >= 1")
         if not 0 <= self.warmup_epochs <= self.epochs:
             raise ValueError(f"warmup_epochs must lie in [0, epochs], got {self.warmup_epochs}")
+        for name in ("lr", "weight_decay"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be >= 0 and finite, got {value:g}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
 
     @property
     def effective_lr(self) -> float:
