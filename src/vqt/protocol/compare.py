@@ -113,7 +113,7 @@ def load_run(path: str | Path) -> Run:
 
 def _first_difference(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> str:
     a, b = a or {}, b or {}
-    for key in sorted(set(a) | set(b)):
+    for key in sorted(set(a) | set(b), key=lambda k: (k != "name", k)):  # the transform's name first
         if a.get(key) != b.get(key):
             return f"{key} {json.dumps(a.get(key))} vs {json.dumps(b.get(key))}"
     return "same"
