@@ -1,5 +1,7 @@
 """The results table: one row per task (chosen lr/wd, val200, test mean ± std over seeds, compressed beside it),
 then the Natural / Specialized / Structured group means and their mean, as Markdown, CSV and a rich table.
+Tasks outside VTAB-1k (a user's own folders, group "Other") get their own group mean and an overall
+"Mean (all tasks)"; VTAB's "Mean" stays the mean of the three VTAB group means.
 
 Every number comes from the task summaries, which come from the units' committed results (and the same numbers
 are in the run's metrics.jsonl), so the table can always be rebuilt from the run folder.
@@ -51,14 +53,29 @@ def task_row(summary: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+ALL_TASKS_MEAN = "Mean (all tasks)"
+
+
 def group_means(rows: Sequence[Mapping[str, Any]], key: str = "test_mean") -> dict[str, float | None]:
-    """Mean over the tasks of each group that have a number, and the mean of the group means present."""
+    """Group means (None where a group has no number), in this order:
+
+    - Natural, Specialized, Structured: the mean over the tasks of the group that have a number;
+    - Mean: VTAB-1k's, the mean of those group means present (tasks outside VTAB-1k never count in it);
+    - only when some task is outside VTAB-1k (group "Other": a user's own folder): its group's mean, then
+      "Mean (all tasks)", the plain mean over every task run that has a number, whatever its group.
+    """
+    def mean(values: list[float]) -> float | None:
+        return statistics.fmean(values) if values else None
+
     means: dict[str, float | None] = {}
     for group in GROUPS:
-        values = [r[key] for r in rows if r["group"] == group and r[key] is not None]
-        means[group] = statistics.fmean(values) if values else None
-    present = [v for v in means.values() if v is not None]
-    means["Mean"] = statistics.fmean(present) if present else None
+        means[group] = mean([r[key] for r in rows if r["group"] == group and r[key] is not None])
+    means["Mean"] = mean([v for v in means.values() if v is not None])
+    others = list(dict.fromkeys(r["group"] for r in rows if r["group"] not in GROUPS))
+    for group in others:
+        means[group] = mean([r[key] for r in rows if r["group"] == group and r[key] is not None])
+    if others:
+        means[ALL_TASKS_MEAN] = mean([r[key] for r in rows if r[key] is not None])
     return means
 
 
