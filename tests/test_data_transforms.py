@@ -30,22 +30,17 @@ def _reference_official(image: Image.Image, size: int = 224) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (224, 224), (500, 300)])
-def test_official_transform_matches_reference_exactly(shape: tuple[int, int]) -> None:
+def test_pil_description_matches_reference_exactly(shape: tuple[int, int]) -> None:
+    """A description without "resize" (as recorded before the TF pipeline) is PIL's; 'official' is TF's now
+    (its reference: tests/test_fidelity.py)."""
     rng = np.random.default_rng(sum(shape))
     image = Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8), "RGB")
-    transform, description = build_transform("official")
-    out = transform(image)
+    legacy = {"name": "official", "size": [224, 224], "interpolation": "bilinear", "mean": list(IMAGENET_MEAN),
+              "std": list(IMAGENET_STD), "crop": None, "train": None}
+    out = transform_from_description(legacy)(image)
     assert out.shape == (3, 224, 224) and out.dtype == torch.float32
     assert torch.equal(out, _reference_official(image))
-    assert description == {
-        "name": "official",
-        "size": [224, 224],
-        "interpolation": "bilinear",
-        "mean": list(IMAGENET_MEAN),
-        "std": list(IMAGENET_STD),
-        "crop": None,
-        "train": None,
-    }
+    assert build_transform("official")[1] == {**legacy, "resize": "tf-bilinear"}
 
 
 def test_official_other_size() -> None:

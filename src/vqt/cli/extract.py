@@ -12,7 +12,10 @@ OPTIONS = (
     Option("--task", None, "task name"),
     Option("--split", "train800val200", "split to extract"),
     Option("--out", None, "store folder (unset: stores/<task>/<split>)"),
-    Option("--transform", "backbone", "input normalisation", choices=("backbone", "official")),
+    Option("--transform", "backbone", "input pipeline: 'backbone' (its own pretrained config), 'official' "
+           "(the official VQT code's: TensorFlow bilinear resize to 224x224 without antialiasing, ImageNet "
+           "mean/std) or 'petl' (NOAH and the PETL code bases on the VTAB-1k image lists: PIL bicubic resize to "
+           "224x224, ImageNet mean/std)", choices=("backbone", "official", "petl")),
     Option("--img-size", None, "input resolution the backbone is built at (unset: its own)", type=int),
     Option("--dtype", "float16", "stored dtype", choices=("float16", "bfloat16", "float32")),
     Option("--batch-size", 64, "images per backbone pass", type=int),

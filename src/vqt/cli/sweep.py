@@ -26,8 +26,10 @@ OPTIONS = (
     Option("--queries", D["queries"], "Q per layer for every task ('10') or per task ('svhn=20,dtd=1'); "
            "unset: the official per-task Q of the registry", type=queries_spec),
     *shared_options(D, "--variant", "--query-dropout"),
-    Option("--transform", D["transform"], "input normalisation: the backbone's own pretrained config, or the "
-           "official VTAB-1k one (bilinear resize, ImageNet mean/std)", choices=("backbone", "official")),
+    Option("--transform", D["transform"], "input pipeline: 'backbone' (its own pretrained config), "
+           "'official' (the official VQT code's: TensorFlow bilinear resize to 224x224 without antialiasing, "
+           "ImageNet mean/std) or 'petl' (NOAH and the PETL code bases on the VTAB-1k image lists: PIL bicubic "
+           "resize to 224x224, ImageNet mean/std)", choices=("backbone", "official", "petl")),
     *shared_options(D, "--img-size"),
     Option("--lrs", D["lrs"], "lr grid (unscaled; multiplied by batch/256); unset: the method's own grid "
            "(vqt: 1.0,0.5,0.25,0.1,0.05; others: docs/protocol.md, 'Per-method grids and recipes')", type=float_list),

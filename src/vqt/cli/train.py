@@ -23,7 +23,10 @@ OPTIONS = (
            "methods that change the backbone's features always train online"),
     Option("--queries", D["queries"], "Q per layer (unset: the task's official Q)", type=queries_spec),
     *shared_options(D, "--variant", "--query-dropout"),
-    Option("--transform", D["transform"], "input normalisation", choices=("backbone", "official")),
+    Option("--transform", D["transform"], "input pipeline: 'backbone' (its own pretrained config), "
+           "'official' (the official VQT code's: TensorFlow bilinear resize to 224x224 without antialiasing, "
+           "ImageNet mean/std) or 'petl' (NOAH and the PETL code bases on the VTAB-1k image lists: PIL bicubic "
+           "resize to 224x224, ImageNet mean/std)", choices=("backbone", "official", "petl")),
     *shared_options(D, "--img-size"),
     Option("--lr", D["lr"], "peak lr (unscaled; multiplied by batch/256)", type=float),
     Option("--wd", D["wd"], "weight decay (coupled L2, none on the head bias)", type=float),

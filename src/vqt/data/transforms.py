@@ -1,14 +1,20 @@
 """Image transforms, each with a small JSON-able description recorded in run metadata and feature stores.
 
-The normalisation moves VTAB-1k results by whole points (tens on CIFAR-100 in some codebases), so a run must
-say which it used. Two named choices:
+The normalisation and the resize move VTAB-1k results by whole points (tens on CIFAR-100 in some codebases), so
+a run must say which it used. Three named choices:
 - ``backbone`` (default): the backbone's own pretrained data config as timm resolves it (input size,
   interpolation, mean/std, resize + centre crop);
-- ``official``: the official VQT/VTAB-1k protocol — PIL bilinear resize straight to size×size (224), no crop,
-  /255, ImageNet mean/std.
+- ``official``: the official VQT code's pipeline (inherited from VPT: ``tf.image.resize`` of
+  ``tensorflow.compat.v1``, then /255 and ImageNet mean/std): TensorFlow's bilinear resize straight to size×size
+  (224), no crop, *no antialiasing*, with TF1's legacy source coordinates (out · in/out, not half-pixel centres),
+  on the float pixel values (`TFBilinearResize`);
+- ``petl``: the pipeline of the PETL code bases that read the community VTAB-1k image lists (NOAH, and those
+  built on it): PIL bicubic resize straight to 224×224 (``Resize((224, 224), interpolation=3)``), no crop,
+  ToTensor, ImageNet mean/std.
 ``train=True`` adds augmentation for online training on larger datasets: random resized crop + horizontal flip
 (the VTAB-1k protocol itself uses none). A description rebuilds its transform exactly
-(`transform_from_description`).
+(`transform_from_description`); its ``resize`` field names the resize ("tf-bilinear", "tf-bilinear-half-pixel"
+or "pil"; descriptions recorded before the field existed mean "pil").
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+import torch
 from timm.data import create_transform, resolve_data_config, resolve_model_data_config
 from torch import nn
 from torchvision import transforms as tvt
@@ -25,7 +33,9 @@ from vqt.errors import DataError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OFFICIAL_SIZE = 224
-TRANSFORM_NAMES = ("backbone", "official")
+PETL_SIZE = 224
+TRANSFORM_NAMES = ("backbone", "official", "petl")
+RESIZES = ("pil", "tf-bilinear", "tf-bilinear-half-pixel")
 TRAIN_SCALE = (0.08, 1.0)
 TRAIN_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
@@ -39,8 +49,8 @@ def build_transform(
     """Return ``(transform, description)`` for a named choice.
 
     `model` (a timm model, or a timm data-config / pretrained-config dict) is needed for ``backbone``.
-    `img_size` overrides the input size; by default ``backbone`` uses the size the model was built for and
-    ``official`` uses 224.
+    `img_size` overrides the input size; by default ``backbone`` uses the size the model was built for,
+    ``official`` and ``petl`` use 224.
     """
     description = describe_transform(name, model, img_size, train)
     return transform_from_description(description), description
@@ -59,6 +69,18 @@ def describe_transform(
             "name": "official",
             "size": list(size),
             "interpolation": "bilinear",
+            "resize": "tf-bilinear",
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+            "crop": None,
+        }
+    elif name == "petl":
+        size = _pair(img_size if img_size is not None else PETL_SIZE)
+        description = {
+            "name": "petl",
+            "size": list(size),
+            "interpolation": "bicubic",
+            "resize": "pil",
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
             "crop": None,
@@ -99,9 +121,18 @@ def transform_from_description(description: Mapping[str, Any]) -> Callable[[Any]
         mean, std = tuple(description["mean"]), tuple(description["std"])
         crop = description.get("crop")
         train = description.get("train")
+        resize = str(description.get("resize", "pil"))
+        if resize not in RESIZES:
+            raise ValueError(f"unknown resize {resize!r}")
     except (KeyError, TypeError, ValueError) as error:
         raise DataError(f"invalid transform description {dict(description)!r}: {error}") from error
     normalise = [tvt.ToTensor(), tvt.Normalize(mean, std)]
+    if resize != "pil" and not train:
+        if crop is not None or interpolation != tvt.InterpolationMode.BILINEAR:
+            raise DataError(f"invalid transform description {dict(description)!r}: {resize} is a bilinear resize "
+                            "without crop")
+        tf_resize = TFBilinearResize((height, width), half_pixel_centers=resize == "tf-bilinear-half-pixel")
+        return tvt.Compose([tf_resize, tvt.Normalize(mean, std)])
     if train:
         resized_crop = train["random_resized_crop"]
         return tvt.Compose(
@@ -129,9 +160,57 @@ def transform_from_description(description: Mapping[str, Any]) -> Callable[[Any]
     )
 
 
+class TFBilinearResize:
+    """TensorFlow's bilinear resize without antialiasing, on an RGB PIL image (or an H×W×C uint8 array).
+
+    Returns the float32 (C, H, W) tensor of the interpolated values divided by 255, as the official code's
+    ``preprocess_fn`` does (``tf.image.resize`` gives floats, not rounded back to uint8; then ``/ 255.0``).
+    It follows TF's kernel (resize_bilinear_op.cc) step by step in float32: per axis scale = in / out, source
+    coordinate out · scale (TF1's legacy ``resize_images``, ``half_pixel_centers=False``: what
+    ``tensorflow.compat.v1.image.resize`` runs, and the official VPT/VQT code imports ``tensorflow.compat.v1``)
+    or (out + 0.5) · scale − 0.5 with ``half_pixel_centers=True`` (TF2's ``tf.image.resize``); lower =
+    max(floor, 0), upper = min(ceil, in − 1); top/bottom lerped along x first, then along y.
+    """
+
+    def __init__(self, size: tuple[int, int], half_pixel_centers: bool = False) -> None:
+        self.size = _pair(size)
+        self.half_pixel_centers = bool(half_pixel_centers)
+
+    def _axis(self, in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        scale = np.float32(in_size) / np.float32(out_size)
+        index = np.arange(out_size, dtype=np.float32)
+        if self.half_pixel_centers:
+            source = (index + np.float32(0.5)) * scale - np.float32(0.5)
+        else:
+            source = index * scale
+        floor = np.floor(source)
+        lower = np.maximum(floor, 0).astype(np.int64)
+        upper = np.minimum(np.ceil(source), in_size - 1).astype(np.int64)
+        lerp = (source - floor).astype(np.float32)
+        return torch.from_numpy(lower), torch.from_numpy(upper), torch.from_numpy(lerp)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        pixels = torch.from_numpy(np.array(image, dtype=np.float32, copy=True))  # (H, W, C) uint8 values
+        if pixels.ndim == 2:
+            pixels = pixels.unsqueeze(-1)
+        out_h, out_w = self.size
+        ys_lower, ys_upper, ys_lerp = self._axis(pixels.shape[0], out_h)
+        xs_lower, xs_upper, xs_lerp = self._axis(pixels.shape[1], out_w)
+        top, bottom = pixels[ys_lower], pixels[ys_upper]  # (out_h, W, C)
+        x_lerp = xs_lerp.view(1, -1, 1)
+        top = top[:, xs_lower] + (top[:, xs_upper] - top[:, xs_lower]) * x_lerp
+        bottom = bottom[:, xs_lower] + (bottom[:, xs_upper] - bottom[:, xs_lower]) * x_lerp
+        resized = top + (bottom - top) * ys_lerp.view(-1, 1, 1)
+        return (resized / np.float32(255.0)).permute(2, 0, 1).contiguous()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(size={self.size}, half_pixel_centers={self.half_pixel_centers})"
+
+
 def _data_config(model: nn.Module | Mapping[str, Any] | None) -> dict[str, Any]:
     if model is None:
-        raise DataError("the 'backbone' transform needs the model (or its data config); or choose 'official'")
+        raise DataError("the 'backbone' transform needs the model (or its data config); or choose 'official' or "
+                        "'petl'")
     if isinstance(model, nn.Module):
         return resolve_model_data_config(model)
     return resolve_data_config(pretrained_cfg=dict(model))
