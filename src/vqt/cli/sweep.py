@@ -19,12 +19,12 @@ from vqt.protocol.sweep import SWEEP_DEFAULTS as D
 OPTIONS = (
     *shared_options(D, "--backbone"),
     Option("--data-root", D["data_root"], "VTAB-1k root: <root>/<task>/{train800,val200,train800val200,test}.txt"),
-    Option("--tasks", D["tasks"], "'all', a group (natural, specialized, structured) or a comma list of tasks"),
+    Option("--tasks", D["tasks"], "'all', a group (natural, specialized, structured) or a list of tasks", many=True),
     Option("--method", D["method"], "any method of the registry (vqt.method_names()): vqt, linear and head2toe "
            "train from feature stores; finetune, bitfit, vpt-shallow, vpt-deep, lora, adaptformer, vqt-concat and "
            "vqt+X train online from images, one configuration at a time"),
     Option("--queries", D["queries"], "Q per layer for every task ('10') or per task ('svhn=20,dtd=1'); "
-           "unset: the official per-task Q of the registry", type=queries_spec),
+           "unset: the official per-task Q of the registry", type=queries_spec, many=True),
     *shared_options(D, "--variant", "--query-dropout"),
     Option("--transform", D["transform"], "input pipeline: 'backbone' (its own pretrained config), "
            "'official' (the official VQT code's: TensorFlow bilinear resize to 224x224 without antialiasing, "
@@ -32,9 +32,10 @@ OPTIONS = (
            "resize to 224x224, ImageNet mean/std)", choices=("backbone", "official", "petl")),
     *shared_options(D, "--img-size"),
     Option("--lrs", D["lrs"], "lr grid (unscaled; multiplied by batch/256); unset: the method's own grid "
-           "(vqt: 1.0,0.5,0.25,0.1,0.05; others: docs/protocol.md, 'Per-method grids and recipes')", type=float_list),
+           "(vqt: 1.0,0.5,0.25,0.1,0.05; others: docs/protocol.md, 'Per-method grids and recipes')", type=float_list,
+           many=True),
     Option("--wds", D["wds"], "weight-decay grid; unset: the method's own (vqt: 0.01,0.001,0.0001,0)",
-           type=float_list),
+           type=float_list, many=True),
     Option("--seeds", D["seeds"], "seeds of the chosen configuration on train800val200", type=int),
     Option("--grid-seed", D["grid_seed"], "initialisation seed of the grid configurations", type=int),
     Option("--data-seed", D["data_seed"], "seed of the training-image order (shared by every configuration)", type=int),

@@ -30,6 +30,7 @@ class Option:
     nargs: str | None = None
     choices: Sequence[str] | None = None
     flag_action: bool = False  # a switch: present -> True
+    many: bool = False  # a list: values separated by commas and/or spaces (`--lrs 1,0.5` or `--lrs 1 0.5`)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -61,6 +62,26 @@ def shared_options(defaults: Mapping[str, Any], *flags: str) -> tuple[Option, ..
     return tuple(Option(flag, defaults[flag.lstrip("-").replace("-", "_")], **SHARED_OPTIONS[flag]) for flag in flags)
 
 
+class _ListValues(argparse.Action):
+    """A `many` option's tokens (`--lrs 1.0 0.5`, `--lrs 1.0,0.5`, `--lrs 1.0, 0.5`) joined into the one
+    comma-separated text its `type` parses, exactly what a single token (or a YAML string) gives."""
+
+    def __init__(self, *args: Any, parse: Callable[[str], Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parse = parse
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        tokens = [str(value) for value in values]
+        text = tokens[0] if len(tokens) == 1 else ",".join(t.strip().strip(",") for t in tokens if t.strip(", "))
+        if self.parse is not None:
+            try:
+                text = self.parse(text)
+            except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+                raise argparse.ArgumentError(self, str(error)) from error
+        setattr(namespace, self.dest, text)
+
+
 def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> None:
     """Add `options` to `parser` (argparse default None, so unset options can be told apart) and `--config`."""
     parser.add_argument(
@@ -74,6 +95,11 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
             parser.add_argument(option.flag, action="store_true", default=None, help=text)
             continue
         kwargs: dict[str, Any] = {"default": None, "help": text}
+        if option.many:
+            kwargs.update(nargs="+", action=_ListValues, parse=option.type,
+                          help=f"{option.help}; several values separated by commas and/or spaces (default: {shown})")
+            parser.add_argument(option.flag, **kwargs, **option.extra)
+            continue
         if option.type is not None:
             kwargs["type"] = option.type
         if option.nargs is not None:
@@ -148,6 +174,8 @@ def queries_spec(text: str) -> int | dict[str, int]:
             raise argparse.ArgumentTypeError(f"expected an integer or task=Q pairs, got {text!r}") from error
     result: dict[str, int] = {}
     for part in text.split(","):
+        if not part.strip():
+            continue
         name, _, value = part.partition("=")
         try:
             result[name.strip()] = int(value)
