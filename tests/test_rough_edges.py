@@ -290,3 +290,16 @@ def test_space_separated_grid_on_the_command_line(data_root: Path, tmp_path: Pat
     # The same run as the comma spelling: rerun that way, it is this finished run.
     assert main(sweep_args(data_root, out)) == 0
     assert "already holds this finished sweep run" in capsys.readouterr().out
+
+
+def test_python_api_refuses_impossible_settings_before_any_work(tmp_path: Path) -> None:
+    """`run_train`/`run_sweep` validate like the CLI (they are what the CLI calls)."""
+    from vqt.errors import VQTError
+    from vqt.protocol.single import run_train
+    from vqt.protocol.sweep import run_sweep
+
+    with pytest.raises(VQTError, match="--lr must be > 0"):
+        run_train({"task": "dsprites_ori", "lr": -1.0, "out": str(tmp_path / "t")})
+    with pytest.raises(VQTError, match="--lrs"):
+        run_sweep({"tasks": "dsprites_ori", "lrs": [0.5, -0.1], "out": str(tmp_path / "s")})
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()

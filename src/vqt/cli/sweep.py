@@ -12,7 +12,6 @@ from vqt.protocol.config import (
     queries_spec,
     resolve,
     shared_options,
-    validate_config,
 )
 from vqt.protocol.sweep import SWEEP_DEFAULTS as D
 
@@ -85,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
     from vqt.protocol.tables import rich_table
 
     config = resolve(args, OPTIONS)
-    validate_config(config)  # impossible settings refused before any work, naming the option
     config["progress"] = not config.pop("no_progress")
     console = Console()
     if not console.is_terminal:

@@ -11,7 +11,6 @@ from vqt.protocol.config import (
     queries_spec,
     resolve,
     shared_options,
-    validate_config,
 )
 from vqt.protocol.single import TRAIN_DEFAULTS as D
 
@@ -72,7 +71,6 @@ def run(args: argparse.Namespace) -> int:
     from vqt.protocol.single import run_train
 
     config = resolve(args, OPTIONS)
-    validate_config(config)  # impossible settings refused before any work, naming the option
     config["progress"] = not config.pop("no_progress")
     try:
         summary = user_errors(run_train)(config)

@@ -16,6 +16,7 @@ from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.methods.registry import get_method
 from vqt.protocol import tensorboard
+from vqt.protocol.config import validate_config
 from vqt.protocol.data import (
     check_data_root,
     class_names,
@@ -65,6 +66,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 def run_train(config: dict[str, Any]) -> dict[str, Any]:
     """Python API of `vqt train`; returns the summary (accuracies as fractions)."""
     c = {**TRAIN_DEFAULTS, **{k: v for k, v in config.items() if v is not None or k not in TRAIN_DEFAULTS}}
+    validate_config(c)  # impossible settings refused before any work, naming the option
     if not c["task"]:
         raise VQTError("no task given (--task)")
     method = get_method(c["method"]).name

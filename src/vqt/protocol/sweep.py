@@ -44,6 +44,7 @@ from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.registry import get_method
 from vqt.protocol import tables, tensorboard
+from vqt.protocol.config import validate_config
 from vqt.protocol.data import (
     TaskSpec,
     check_data_root,
@@ -158,6 +159,7 @@ class Sweep:
         self.config = {**SWEEP_DEFAULTS, **{k: v for k, v in config.items() if v is not None or k not in
                                              SWEEP_DEFAULTS}}
         c = self.config
+        validate_config(c)  # impossible settings refused before any work, naming the option
         self.method = get_method(c["method"]).name
         self.online = not get_method(self.method).store_trainable
         if self.online and c["compress"] is not None:
