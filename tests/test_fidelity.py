@@ -113,6 +113,10 @@ def test_embed_dropout_online_training_is_seeded_and_store_training_refused(one_
     with pytest.raises(VQTError, match="online") as info:
         train_cached(_vqt(True), store=None)  # type: ignore[arg-type]
     assert "\n" not in str(info.value)
+    from vqt.training.grid import GridConfig, train_grid
+
+    with pytest.raises(VQTError, match="online"):  # the grid trains from stores too
+        train_grid(_vqt(True), store=None, configs=[GridConfig(0.1, 0.0)])  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- 2. input pipelines: official (TF) and PETL

@@ -245,6 +245,8 @@ def feature_pieces(config: dict[str, Any], tensors: dict[str, np.ndarray]) -> li
     if method == "head2toe":
         from vqt.methods.head2toe import STORE_SOURCES
 
+        if kwargs.get("target_sizes"):  # the official code's pooling: widths depend on the token count
+            raise ValueError("no feature layout known for Head2Toe with target_sizes")
         sources = kwargs.get("sources") or STORE_SOURCES
         pool_sizes = kwargs.get("pool_sizes") or (1,)
         per_layer = len(sources) * sum(int(s) ** 2 for s in pool_sizes) * dim

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 
 from vqt.backbone.query_path import query_block_output
 from vqt.backbone.tap import TapOutput
+from vqt.errors import VQTError
 from vqt.features.store import FeatureStore
 from vqt.methods.vqt import VQT, combine_features
-from vqt.training.cached import History, epoch_batches, store_batches, tap_to
+from vqt.training.cached import STORE_EMBED_DROPOUT, History, epoch_batches, store_batches, tap_to
 from vqt.training.recipe import (
     Recipe,
     apply_dropout,
@@ -261,6 +262,8 @@ def train_grid(
     The template VQT fixes the layout (backbone, Q, variant, dropout rate, form); its own parameters are left
     unchanged. Use `GridResult.model(i)` to get configuration i as a VQT.
     """
+    if getattr(template, "embed_dropout", False):
+        raise VQTError(STORE_EMBED_DROPOUT)
     recipe = recipe or Recipe()
     template.eval()
     device = template.head.weight.device
