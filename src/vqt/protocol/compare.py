@@ -25,14 +25,16 @@ import csv
 import io
 import json
 import logging
-import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+from safetensors import SafetensorError
+
 from vqt.errors import VQTError
+from vqt.hub import parameter_counts
 from vqt.protocol import tables
 from vqt.protocol.rundir import CONFIG_FILE, SUMMARY_FILE, read_json, write_json
 
@@ -187,22 +189,6 @@ def load_runs(paths: Iterable[str | Path]) -> tuple[list[Run], list[str], str | 
 # ---------------------------------------------------------------------- trainable parameters
 
 
-def _safetensors_numel(path: Path) -> int:
-    """Elements in a safetensors file, from its header only."""
-    with path.open("rb") as stream:
-        (length,) = struct.unpack("<Q", stream.read(8))
-        header = json.loads(stream.read(length))
-    total = 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        count = 1
-        for dim in info["shape"]:
-            count *= int(dim)
-        total += count
-    return total
-
-
 def trainable_params(run: Run, tasks: Sequence[str]) -> float | None:
     """Mean over `tasks` of the parameters saved in each task's first seed adapter (what trained); None if absent."""
     counts = []
@@ -211,8 +197,8 @@ def trainable_params(run: Run, tasks: Sequence[str]) -> float | None:
         files = sorted(seeds[0].glob("*.safetensors")) if seeds else []
         if files:
             try:
-                counts.append(sum(_safetensors_numel(f) for f in files))
-            except (OSError, ValueError, KeyError, struct.error):
+                counts.append(sum(sum(parameter_counts(f).values()) for f in files))
+            except (OSError, ValueError, SafetensorError):
                 log.warning("cannot read the adapter weights of %s/%s", run.path, task)
     return sum(counts) / len(counts) if counts else None
 

@@ -26,13 +26,12 @@ from vqt.protocol.data import (
     task_store,
 )
 from vqt.protocol.models import (
-    build_model,
     compress,
     evaluate_images,
-    fit_online,
     make_recipe,
     method_kwargs,
     save_trained,
+    train_online_configs,
     train_store_configs,
 )
 from vqt.protocol.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, write_json, write_jsonl
@@ -108,16 +107,14 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                           num_workers=int(c["num_workers"]), progress=bool(c["progress"]),
                           overwrite=bool(c["overwrite_stores"]))
 
-    if online:
-        model = build_model(method, backbone, num_classes, kwargs, recipe.seed).to(device)
+    if online:  # the same trainer as an online sweep unit
         train_transform = build_transform(c["transform"], backbone, img_size=size, train=bool(c["augment"]))[0]
         val = make_dataset(read_split(c["data_root"], task.name, c["val_split"]), transform) if c["val_split"] else None
-        history = fit_online(model, make_dataset(train_images, train_transform), recipe, val_dataset=val,
-                             num_workers=int(c["num_workers"]), progress=bool(c["progress"]))
-        from vqt.protocol.models import Trained, _failure, non_finite
-
-        trained = Trained(GridConfig(recipe.lr, recipe.weight_decay, recipe.seed), history, model,
-                          _failure(history) if non_finite(history) else None)
+        trained = train_online_configs(method, backbone, num_classes, kwargs,
+                                       make_dataset(train_images, train_transform),
+                                       [GridConfig(recipe.lr, recipe.weight_decay, recipe.seed)], recipe,
+                                       val_dataset=val, num_workers=int(c["num_workers"]),
+                                       progress=bool(c["progress"]))[0]
     else:
         train_store = store(c["train_split"])
         val_store = store(c["val_split"]) if c["val_split"] else None
