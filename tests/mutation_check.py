@@ -87,7 +87,7 @@ STORE_PY = "src/vqt/features/store.py"
 EXTRACT = "src/vqt/features/extract.py"
 VQT_PY = "src/vqt/methods/vqt.py"
 SWEEP = "src/vqt/protocol/sweep.py"
-MODELS = "src/vqt/protocol/models.py"
+MODELS = "src/vqt/protocol/fitting.py"
 DATA = "src/vqt/protocol/data.py"
 
 MUTANTS: tuple[Mutant, ...] = (

@@ -55,7 +55,7 @@ def runs(data_root: Path, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
 
 @pytest.fixture
 def fake_measure(monkeypatch) -> list[list[str]]:
-    """Replace `vqt.methods.benchmark.measure_all`; the returned list records each call's methods."""
+    """Replace `vqt.bench.methods.measure_all`; the returned list records each call's methods."""
     calls: list[list[str]] = []
 
     def measure_all(methods, backbone, batch, img_size, steps=2, device="cpu", num_classes=100, progress=True):
@@ -65,7 +65,7 @@ def fake_measure(monkeypatch) -> list[list[str]]:
                  "saved_mib_per_sample": FAKE[m][0], "peak_mib": FAKE[m][1], "step_increase_mib": FAKE[m][2],
                  "step_s": 0.1, "timed_steps": 0} for i, m in enumerate(methods)]
 
-    monkeypatch.setattr("vqt.methods.benchmark.measure_all", measure_all)
+    monkeypatch.setattr("vqt.bench.methods.measure_all", measure_all)
     return calls
 
 
@@ -178,7 +178,7 @@ def test_memory_measured_once_then_cached(runs, tmp_path: Path, fake_measure) ->
 
 def test_failed_measurement_is_marked_and_not_cached(runs, tmp_path: Path, monkeypatch, capsys) -> None:
     (linear,) = copy_runs(runs, tmp_path, "linear")
-    monkeypatch.setattr("vqt.methods.benchmark.measure_all",
+    monkeypatch.setattr("vqt.bench.methods.measure_all",
                         lambda methods, *a, **k: [{"method": m, "error": "out of memory"} for m in methods])
     assert main(["compare", str(linear), "--device", "cpu", "--out", str(tmp_path / "cmp")]) == 1
     assert "memory measurement failed for linear" in capsys.readouterr().err

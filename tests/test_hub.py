@@ -321,7 +321,7 @@ def test_any_method_loads_and_predicts_from_the_hub(tmp_path: Path, hub_cache: P
     from vqt.backbone.sources import create_backbone
     from vqt.data.transforms import describe_transform
     from vqt.methods.registry import create_method
-    from vqt.protocol.models import TRAINED_CONFIG, load_trained, save_trained
+    from vqt.protocol.trained import TRAINED_CONFIG, load_trained, save_trained
 
     spec = "vit_tiny_patch16_224@random"
     torch.manual_seed(0)

@@ -35,8 +35,10 @@ def linear_probe_accuracies(data: Path, stores: Path) -> list[float]:
     from vqt.backbone.sources import create_backbone
     from vqt.data.transforms import build_transform
     from vqt.features import open_store
+    from vqt.protocol.build import make_recipe
     from vqt.protocol.data import make_dataset, read_split
-    from vqt.protocol.models import evaluate_images, make_recipe, train_store_configs
+    from vqt.protocol.evaluation import evaluate_images
+    from vqt.protocol.fitting import train_store_configs
     from vqt.training import GridConfig
 
     backbone = create_backbone("offline:dinov2_s14", img_size=SIZE)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from vqt.bench.methods import load_accuracies, markdown_table, measure_method, scatter_plot
 from vqt.cli.main import build_parser
-from vqt.methods.benchmark import load_accuracies, markdown_table, measure_method, scatter_plot
 
 
 def test_measure_table_and_plot(tmp_path: Path) -> None:

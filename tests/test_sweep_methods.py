@@ -56,8 +56,8 @@ def check_run(out: Path, method: str) -> None:
 
 
 def test_lora_sweep_end_to_end(data_root: Path, lora_run: Path) -> None:  # noqa: F811
-    from vqt.protocol.models import load_trained
     from vqt.protocol.predict import evaluate_adapter
+    from vqt.protocol.trained import load_trained
 
     check_run(lora_run, "lora")
     adapter = lora_run / "tasks" / "dsprites_ori" / "final" / "seed1" / "adapter"
@@ -95,8 +95,9 @@ def test_configurations_do_not_leak_into_each_other(data_root: Path, method: str
     """Config A alone == config A after config B: every configuration starts from the pristine backbone."""
     from vqt.backbone.sources import create_backbone
     from vqt.data.transforms import build_transform
+    from vqt.protocol.build import make_recipe
     from vqt.protocol.data import make_dataset, read_split
-    from vqt.protocol.models import make_recipe, train_online_configs
+    from vqt.protocol.fitting import train_online_configs
     from vqt.training import GridConfig
 
     backbone = create_backbone("vit_tiny_patch16_224@random", img_size=32)

@@ -116,7 +116,7 @@ def test_user_errors_converts_every_errno() -> None:
 
 
 def test_bench_unknown_backbone_fails_before_measuring(tmp_path: Path, capsys, monkeypatch) -> None:
-    import vqt.methods.benchmark as benchmark
+    import vqt.bench.methods as benchmark
 
     def never(*args, **kwargs):
         raise AssertionError("measure_all must not run for a backbone that cannot be built")
@@ -129,7 +129,7 @@ def test_bench_unknown_backbone_fails_before_measuring(tmp_path: Path, capsys, m
 
 @pytest.mark.parametrize("failing", [("vqt",), ("linear", "vqt")])
 def test_bench_failed_methods_exit_1(tmp_path: Path, capsys, monkeypatch, failing: tuple[str, ...]) -> None:
-    import vqt.methods.benchmark as benchmark
+    import vqt.bench.methods as benchmark
 
     def fake(methods, *args, **kwargs):
         ok = {"store_trainable": True, "trainable_params": 10, "saved_mib_per_sample": 0.1, "peak_mib": 1.0,

@@ -156,8 +156,8 @@ _EXPORTS: dict[str, str] = {
     "run_sweep": "vqt.protocol.sweep",
     "predict": "vqt.protocol.predict",
     "evaluate_adapter": "vqt.protocol.predict",
-    "save_trained": "vqt.protocol.models",
-    "load_trained": "vqt.protocol.models",
+    "save_trained": "vqt.protocol.trained",
+    "load_trained": "vqt.protocol.trained",
     # errors
     "VQTError": "vqt.errors",
     "BackboneError": "vqt.errors",

@@ -55,7 +55,7 @@ def parse_hub_id(value: str | Path) -> tuple[str, str | None]:
 
 def adapter_files() -> tuple[str, ...]:
     """The files of an adapter folder that go to (and come from) the Hub: both formats and the card."""
-    from vqt.protocol.models import TRAINED_CONFIG, TRAINED_WEIGHTS
+    from vqt.protocol.trained import TRAINED_CONFIG, TRAINED_WEIGHTS
 
     return (CONFIG_NAME, WEIGHTS_NAME, TRAINED_CONFIG, TRAINED_WEIGHTS, CARD_NAME)
 
@@ -134,7 +134,7 @@ def download(value: str | Path, *, token: str | bool | None = None) -> Path:
     with _hub_errors(f"cannot load {value}", repo_id, revision):
         folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=list(adapter_files()),
                                         library_name=DISTRIBUTION, library_version=library_version(), token=token))
-    from vqt.protocol.models import TRAINED_CONFIG
+    from vqt.protocol.trained import TRAINED_CONFIG
 
     if not any((folder / name).is_file() for name in (CONFIG_NAME, TRAINED_CONFIG)):
         raise AdapterError(f"{value} is not a vqt adapter: the repository has neither {CONFIG_NAME} nor "
@@ -154,7 +154,7 @@ def read_any_config(directory: Path) -> dict[str, Any]:
     """The config of either adapter format, its weights checked against the recorded checksum."""
     import hashlib
 
-    from vqt.protocol.models import TRAINED_CONFIG, TRAINED_WEIGHTS, read_trained_config
+    from vqt.protocol.trained import TRAINED_CONFIG, TRAINED_WEIGHTS, read_trained_config
 
     if (directory / CONFIG_NAME).is_file():
         config, weights = read_adapter_config(directory), directory / WEIGHTS_NAME

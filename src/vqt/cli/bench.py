@@ -1,6 +1,6 @@
 """`vqt bench memory`: every method's training memory, saved activations, step time and size, in one run.
 
-Same backbone, batch and input size for all methods, each in a fresh process (see `vqt.methods.benchmark`);
+Same backbone, batch and input size for all methods, each in a fresh process (see `vqt.bench.methods`);
 prints a Markdown table, optionally writes it (and the raw rows as JSON), and draws the accuracy-vs-memory
 scatter plot when a sweep's accuracies are given.
 
@@ -23,7 +23,7 @@ from vqt.errors import VQTError
 
 def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `vqt bench memory` (shared with benchmarks/methods_memory.py)."""
-    from vqt.methods.benchmark import DEFAULT_METHODS
+    from vqt.bench.methods import DEFAULT_METHODS
 
     parser.add_argument("--backbone", default="vit_base_patch16_224@random", help="backbone spelling")
     parser.add_argument("--batch", type=int, default=32, help="images per training step")
@@ -57,7 +57,7 @@ def run_memory(args: argparse.Namespace, command: str | None = None) -> int:
     import torch
 
     from vqt.backbone.sources import create_backbone
-    from vqt.methods.benchmark import header, load_accuracies, markdown_table, measure_all, scatter_plot
+    from vqt.bench.methods import header, load_accuracies, markdown_table, measure_all, scatter_plot
     from vqt.methods.registry import get_method
 
     for name in args.methods:

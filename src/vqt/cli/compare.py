@@ -55,8 +55,8 @@ def resolve_device(name: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vqt.bench.methods import scatter_plot
     from vqt.errors import VQTError
-    from vqt.methods.benchmark import scatter_plot
     from vqt.protocol import compare
     from vqt.protocol.rundir import write_text
 

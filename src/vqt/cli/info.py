@@ -29,8 +29,8 @@ def describe_path(path: Path) -> tuple[str, dict]:
 
     if (path / CONFIG_NAME).is_file():
         return "adapter", read_adapter_config(path)
-    from vqt.protocol.models import TRAINED_CONFIG, read_trained_config
     from vqt.protocol.rundir import SUMMARY_FILE, read_json
+    from vqt.protocol.trained import TRAINED_CONFIG, read_trained_config
 
     if (path / TRAINED_CONFIG).is_file():
         return "adapter", read_trained_config(path)

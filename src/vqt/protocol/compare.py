@@ -14,7 +14,7 @@ Rules (each refusal is one `VQTError` line naming the difference):
   their folder names are the same too (rename one folder to tell them apart).
 
 Memory cache: `RUN_DIR/memory.json`, `{"format": "vqt-memory-cache", "format_version": 1, "entries": [...]}`, each
-entry the key fields `backbone`, `batch`, `img_size`, `device`, `method` plus the `vqt.methods.benchmark` row
+entry the key fields `backbone`, `batch`, `img_size`, `device`, `method` plus the `vqt.bench.methods` row
 (`trainable_params`, `saved_mib_per_sample`, `peak_mib`, `step_increase_mib`, ...) and when/where it was measured.
 Failed measurements are not cached.
 """
@@ -248,7 +248,7 @@ def memory_rows(
     progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
     """Label -> the method's benchmark row, from each run's cache; what is missing is measured (once per method,
-    `measure_all`, default `vqt.methods.benchmark.measure_all`) and cached, unless `measure` is False.
+    `measure_all`, default `vqt.bench.methods.measure_all`) and cached, unless `measure` is False.
 
     A measurement that failed is returned (row with `error`) but not cached. Runs without a row are left out."""
     found: dict[str, dict[str, Any]] = {}
@@ -284,7 +284,7 @@ def memory_rows(
 
 def _device_description(device: str) -> str:
     try:
-        from vqt.methods.benchmark import device_description
+        from vqt.bench.methods import device_description
 
         return device_description(device)
     except Exception:  # noqa: BLE001 - a description is nice to have, never worth failing for
@@ -419,7 +419,7 @@ def methods_csv(methods: Sequence[Mapping[str, Any]]) -> str:
 
 def plot_points(methods: Sequence[Mapping[str, Any]], memory_key: str
                 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Rows and accuracies in the shape `vqt.methods.benchmark.scatter_plot` takes (method = the run's label)."""
+    """Rows and accuracies in the shape `vqt.bench.methods.scatter_plot` takes (method = the run's label)."""
     rows = [{"method": m["method"], memory_key: m[memory_key]} for m in methods
             if m.get(memory_key) is not None and m["mean_accuracy"] is not None]
     accuracies = {m["method"]: m["mean_accuracy"] for m in methods if m["mean_accuracy"] is not None}

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from vqt.backbone.sources import create_backbone, describe
+from vqt.bench.methods import measure_all, scatter_plot
 from vqt.data.synth import generate_task
 from vqt.data.transforms import build_transform
-from vqt.methods.benchmark import measure_all, scatter_plot
 from vqt.protocol.data import task_store
 from vqt.protocol.rundir import SUMMARY_FILE, RunDir, read_json, write_json, write_text
 from vqt.protocol.sweep import SWEEP_DEFAULTS, run_sweep

@@ -16,6 +16,8 @@ from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.methods.registry import get_method
 from vqt.protocol import tensorboard
+from vqt.protocol.build import make_recipe, method_kwargs
+from vqt.protocol.compression import compress
 from vqt.protocol.config import validate_config
 from vqt.protocol.data import (
     check_data_root,
@@ -25,17 +27,11 @@ from vqt.protocol.data import (
     resolve_task_list,
     task_store,
 )
-from vqt.protocol.models import (
-    compress,
-    evaluate_images,
-    make_recipe,
-    method_kwargs,
-    save_trained,
-    train_online_configs,
-    train_store_configs,
-)
+from vqt.protocol.evaluation import evaluate_images
+from vqt.protocol.fitting import train_online_configs, train_store_configs
 from vqt.protocol.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, write_json, write_jsonl
 from vqt.protocol.sweep import SWEEP_DEFAULTS, epoch_records, resolve_device, unit_name
+from vqt.protocol.trained import save_trained
 from vqt.training import GridConfig
 from vqt.training.recipe import scaled_lr
 

@@ -44,6 +44,8 @@ from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.registry import get_method
 from vqt.protocol import tables, tensorboard
+from vqt.protocol.build import make_recipe, method_kwargs
+from vqt.protocol.compression import compress
 from vqt.protocol.config import validate_config
 from vqt.protocol.data import (
     TaskSpec,
@@ -54,18 +56,9 @@ from vqt.protocol.data import (
     resolve_task_list,
     task_store,
 )
+from vqt.protocol.evaluation import evaluate_images, evaluate_store_models
+from vqt.protocol.fitting import Trained, train_online_configs, train_store_configs
 from vqt.protocol.method_defaults import method_grid
-from vqt.protocol.models import (
-    Trained,
-    compress,
-    evaluate_images,
-    evaluate_store_models,
-    make_recipe,
-    method_kwargs,
-    save_trained,
-    train_online_configs,
-    train_store_configs,
-)
 from vqt.protocol.rundir import (
     METRICS_FILE,
     SUMMARY_FILE,
@@ -78,6 +71,7 @@ from vqt.protocol.rundir import (
     write_jsonl,
     write_text,
 )
+from vqt.protocol.trained import save_trained
 from vqt.training import GridConfig, Recipe, grid_configs
 from vqt.training.recipe import scaled_lr
 

@@ -1,0 +1,66 @@
+"""Accuracy of trained models: from a feature store (no backbone pass) or from images."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from vqt.features import FeatureStore
+from vqt.training.cached import store_batches, tap_to
+
+
+@torch.no_grad()
+def store_features(model: nn.Module, store: FeatureStore, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input for every image of a store (eval mode: no query dropout), and the labels."""
+    model.eval()
+    device = model.head.weight.device
+    order = [np.arange(s, min(s + batch_size, len(store))) for s in range(0, len(store), batch_size)]
+    features, labels = [], []
+    for tapped, batch_labels in store_batches(store, order):
+        features.append(model.features_from(tap_to(tapped, device)).float())
+        labels.append(batch_labels)
+    return torch.cat(features), torch.cat(labels).to(device)
+
+
+@torch.no_grad()
+def evaluate_store_models(models: Sequence[nn.Module], store: FeatureStore) -> list[float]:
+    """Accuracy of store-trainable models on a split's feature store (no backbone pass)."""
+    accuracies = []
+    for model in models:
+        features, labels = store_features(model, store)
+        accuracies.append(float((model.head(features).argmax(-1) == labels).double().mean()))
+    return accuracies
+
+
+@torch.no_grad()
+def evaluate_images(
+    models: Sequence[nn.Module], dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0,
+    progress: bool = False,
+) -> list[float]:
+    """Accuracy of each model on a dataset of (image, label). Store methods share one backbone pass per batch."""
+    from vqt.training import evaluate_streaming
+
+    if all(hasattr(m, "tap") and hasattr(m, "features_from") for m in models):
+        return evaluate_streaming(list(models), dataset, batch_size=batch_size, num_workers=num_workers,
+                                  progress=progress).accuracies
+    correct = [0] * len(models)
+    count = 0
+    for model in models:
+        model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
+    for images, labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
+        for index, model in enumerate(models):
+            device = model.head.weight.device
+            correct[index] += int((model(images.to(device)).argmax(-1).cpu() == labels).sum())
+        count += len(labels)
+    return [c / max(1, count) for c in correct]
+
+
+
+def evaluate_fn(models: Sequence[nn.Module]) -> Callable[[Dataset], list[float]]:
+    return lambda dataset: evaluate_images(models, dataset)

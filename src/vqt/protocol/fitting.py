@@ -1,0 +1,180 @@
+"""Training a list of configurations of one method, from a feature store or from images.
+
+VQT trains with the library's trainers (`train_grid` from a store, `train_online` from images). Linear probing and
+Head2Toe only train a head on features that do not change, so their features are read from the store once and
+the head is trained with the same recipe (Adam, coupled decay, warm-up + cosine per epoch, same batch order).
+Feature-adapting methods train online with a plain loop. Any configuration whose loss becomes NaN/inf is stopped
+and marked failed; the others go on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from vqt.errors import VQTError
+from vqt.features import FeatureStore
+from vqt.methods.vqt import VQT
+from vqt.protocol.build import HEAD_METHODS, build_model
+from vqt.protocol.evaluation import evaluate_images, store_features
+from vqt.training import GridConfig, History, Recipe, train_grid, train_online
+from vqt.training.cached import fit_epochs, image_batches
+from vqt.training.recipe import make_optimizer
+
+
+def non_finite(history: History) -> bool:
+    return any(not math.isfinite(loss) for loss in history.train_loss)
+
+
+@dataclass
+class Trained:
+    """One trained configuration: its history, the model (None when failed) and why it failed."""
+
+    config: GridConfig
+    history: History
+    model: nn.Module | None
+    failed: str | None = None
+
+
+def _failure(history: History) -> str:
+    epoch = next(i for i, loss in enumerate(history.train_loss) if not math.isfinite(loss))
+    return f"non-finite training loss at epoch {epoch + 1}"
+
+
+def fit_head(
+    model: nn.Module,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    recipe: Recipe,
+    val: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> History:
+    """Train `model.head` on fixed features with the recipe's optimiser, schedule and batch order."""
+    head = model.head
+
+    def batches(index_batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in index_batches:
+            index_t = torch.from_numpy(index).to(features.device)
+            yield features[index_t], labels[index_t]
+
+    def validate() -> float:
+        head.eval()
+        with torch.no_grad():
+            return float((head(val[0]).argmax(-1) == val[1]).double().mean())  # type: ignore[index]
+
+    return fit_epochs(head, make_optimizer(model, recipe), recipe, len(labels), batches,
+                      lambda inputs, targets: F.cross_entropy(head(inputs), targets),
+                      validate if val is not None else None)
+
+
+def train_store_configs(
+    method: str,
+    backbone: nn.Module,
+    num_classes: int,
+    kwargs: dict,
+    train_store: FeatureStore,
+    configs: Sequence[GridConfig],
+    recipe: Recipe,
+    *,
+    val_store: FeatureStore | None = None,
+    progress: bool = False,
+    feature_cache: dict | None = None,
+) -> list[Trained]:
+    """Train every configuration from the store. VQT: one `train_grid` pass; head methods: fixed features."""
+    device = next(backbone.parameters()).device
+    if method == "vqt":
+        template = build_model(method, backbone, num_classes, kwargs, 0).to(device)
+        result = train_grid(template, train_store, configs, recipe, val_store=val_store, progress=progress)
+        trained = []
+        for index, (config, history) in enumerate(zip(result.configs, result.histories, strict=True)):
+            if non_finite(history):
+                trained.append(Trained(config, history, None, _failure(history)))
+            else:
+                trained.append(Trained(config, history, result.model(index)))
+        return trained
+    if method not in HEAD_METHODS:
+        raise VQTError(f"method {method!r} does not train from a feature store; use --online")
+    cache = feature_cache if feature_cache is not None else {}
+    probe = build_model(method, backbone, num_classes, kwargs, 0).to(device)
+
+    def features(store: FeatureStore) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (method, str(store.path))
+        if key not in cache:
+            cache[key] = store_features(probe, store)
+        return cache[key]
+
+    train = features(train_store)
+    val = features(val_store) if val_store is not None else None
+    trained = []
+    for config in tqdm(configs, desc=f"{method} configs", disable=not progress):
+        model = build_model(method, backbone, num_classes, kwargs, config.seed).to(device)
+        history = fit_head(model, *train, recipe.replace(lr=config.lr, weight_decay=config.weight_decay,
+                                                            seed=config.seed), val)
+        failed = _failure(history) if non_finite(history) else None
+        trained.append(Trained(config, history, None if failed else model.eval(), failed))
+    return trained
+
+
+def fit_online(
+    model: nn.Module,
+    dataset: Dataset,
+    recipe: Recipe,
+    *,
+    val_dataset: Dataset | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> History:
+    """Train any method from images (VQT: `train_online`; others: a plain loop with the same recipe)."""
+    if isinstance(model, VQT):
+        return train_online(model, dataset, recipe, val_dataset=val_dataset, num_workers=num_workers,
+                            progress=progress)
+    device = model.head.weight.device
+    return fit_epochs(
+        model, make_optimizer(model, recipe), recipe, len(dataset),  # type: ignore[arg-type]
+        lambda index_batches: image_batches(dataset, index_batches, num_workers),
+        lambda images, labels: F.cross_entropy(model(images.to(device)), labels.to(device)),
+        (lambda: evaluate_images([model], val_dataset)[0]) if val_dataset is not None else None,
+        progress=progress,
+    )
+
+
+def train_online_configs(
+    method: str,
+    backbone: nn.Module,
+    num_classes: int,
+    kwargs: dict,
+    train_dataset: Dataset,
+    configs: Sequence[GridConfig],
+    recipe: Recipe,
+    *,
+    val_dataset: Dataset | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+) -> list[Trained]:
+    """Train every configuration from images, one at a time (`fit_online`); same result type as
+    `train_store_configs`.
+
+    Each configuration starts from the pristine `backbone` (`build_model` copies it for every method that changes
+    or trains it; `backbone` itself is never modified) and trains under the global RNG seeded from its own seed,
+    so its result does not depend on which configurations trained before it (resume computes the same thing).
+    """
+    device = next(backbone.parameters()).device
+    trained = []
+    for config in configs:
+        model = build_model(method, backbone, num_classes, kwargs, config.seed).to(device)
+        config_recipe = recipe.replace(lr=config.lr, weight_decay=config.weight_decay, seed=config.seed)
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)  # dropout inside adapters/backbone draws from the global stream
+            history = fit_online(model, train_dataset, config_recipe, val_dataset=val_dataset,
+                                 num_workers=num_workers, progress=progress)
+        failed = _failure(history) if non_finite(history) else None
+        trained.append(Trained(config, history, None if failed else model.eval(), failed))
+    return trained
