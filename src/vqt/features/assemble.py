@@ -16,6 +16,7 @@ from numpy.lib.format import open_memmap
 from vqt.errors import StoreError
 from vqt.features.store import (
     COMPLETE_FILE,
+    FIELD_DEFAULTS,
     LABELS_FILE,
     META_FILE,
     PRE_LOGITS_FILE,
@@ -28,7 +29,8 @@ from vqt.features.store import (
 )
 
 # Metadata that must agree between the parts: everything but which images they hold.
-_SHARED_FIELDS = ("backbone", "weights_sha256", "architecture", "img_size", "transform", "dtype", "format_version")
+_SHARED_FIELDS = ("backbone", "weights_sha256", "architecture", "img_size", "transform", "dtype", "precision",
+                  "format_version")
 
 
 def assemble_store(
@@ -48,7 +50,8 @@ def assemble_store(
     """
     first = parts[0].meta
     for part in parts[1:]:
-        differing = [field for field in _SHARED_FIELDS if part.meta.get(field) != first.get(field)]
+        differing = [field for field in _SHARED_FIELDS if part.meta.get(field, FIELD_DEFAULTS.get(field))
+                     != first.get(field, FIELD_DEFAULTS.get(field))]
         if differing:
             raise StoreError(f"cannot assemble stores that differ in {', '.join(differing)}")
     out = Path(out_dir)

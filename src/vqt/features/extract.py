@@ -44,6 +44,7 @@ from vqt.features.store import (
     read_progress,
     store_meta,
 )
+from vqt.precision import autocast, resolve_precision
 
 STORE_FILES = (COMPLETE_FILE, PROGRESS_FILE, TOKENS_FILE, PRE_LOGITS_FILE, LABELS_FILE, META_FILE)
 
@@ -62,8 +63,12 @@ def request_meta(
     count: int,
     dtype: str = "float16",
     fingerprint: str | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """The metadata a store for this request has; pass it as `expect` to `open_store` to check a store."""
+    """The metadata a store for this request has; pass it as `expect` to `open_store` to check a store.
+
+    `precision` is the resolved compute precision of the backbone pass ('fp32' or 'bf16'): recorded and compared,
+    since bf16 features differ from fp32 ones (the storage `dtype` is a separate field)."""
     model = backbone_or_tap.model if isinstance(backbone_or_tap, BackboneTap) else backbone_or_tap
     architecture = describe(model)
     return store_meta(
@@ -76,6 +81,7 @@ def request_meta(
         count=count,
         dtype=dtype,
         num_tokens=num_tokens(model),
+        precision=precision,
     )
 
 
@@ -101,6 +107,7 @@ def extract_features(
     progress: bool = True,
     on_chunk: Callable[[int], None] | None = None,
     fingerprint: str | None = None,
+    precision: str = "fp32",
 ) -> FeatureStore:
     """Extract (or resume, or reuse) the feature store of `dataset` under `out_dir`.
 
@@ -116,6 +123,8 @@ def extract_features(
         on_chunk: called with the number of images committed after each chunk (progress reporting, tests).
         fingerprint: `weights_fingerprint` of the backbone when the caller already has it (hashing the weights
             of a large backbone takes a moment; the protocol checks several stores against one backbone).
+        precision: compute precision of the backbone pass, 'fp32' or 'bf16' (`torch.autocast`; 'auto' is
+            resolved for `device` by `vqt.precision.resolve_precision`); recorded in the metadata and compared.
 
     Returns:
         The complete store, opened and checked. An existing complete store of the same request is reused as is;
@@ -124,6 +133,9 @@ def extract_features(
     check_dtype(dtype)
     tap = backbone_or_tap if isinstance(backbone_or_tap, BackboneTap) else BackboneTap(backbone_or_tap)
     tap.eval()
+    if device is None:
+        device = next(tap.model.parameters()).device
+    precision = resolve_precision(precision, device)
     out = Path(out_dir)
     count = len(dataset)  # type: ignore[arg-type]
     meta = request_meta(
@@ -134,6 +146,7 @@ def extract_features(
         count=count,
         dtype=dtype,
         fingerprint=fingerprint,
+        precision=precision,
     )
     expect = compared_fields(meta)
 
@@ -171,8 +184,6 @@ def extract_features(
                 f"feature store {out} is corrupt (array shapes differ from meta.json); overwrite it"
             )
 
-    if device is None:
-        device = next(tap.model.parameters()).device
     loader = DataLoader(
         Subset(dataset, range(done, count)),
         batch_size=batch_size,
@@ -220,7 +231,8 @@ def extract_features(
             for images, batch_labels in loader:
                 if failure:
                     break
-                tapped = tap(images.to(device, non_blocking=True))
+                with autocast(precision, device):
+                    tapped = tap(images.to(device, non_blocking=True))
                 batch = images.shape[0]
                 shape = (batch, *token_shape[1:])
                 if (

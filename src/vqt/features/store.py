@@ -8,7 +8,8 @@ pages in what a batch touches.
 
 Layout of a store directory::
 
-    meta.json       what the store was made from (backbone, weights hash, transform, dataset, dtype, ...)
+    meta.json       what the store was made from (backbone, weights hash, transform, dataset, dtype, the compute
+                    precision of the backbone pass, ...)
     tokens.npy      (count, L, N, D) in the store dtype (bf16 kept as its raw uint16 bits)
     pre_logits.npy  (count, D) in the store dtype
     labels.npy      (count,) int64
@@ -60,8 +61,12 @@ COMPARED_FIELDS = (
     "transform",
     "dataset",
     "dtype",
+    "precision",
     "shapes",
 )
+# What a compared field means when a store's metadata lacks it: stores written before the field existed. Their
+# features were computed in fp32 (`precision` was added with `--precision`), so they stay valid for fp32 requests.
+FIELD_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
 
 
 def compared_fields(meta: Mapping[str, Any]) -> dict[str, Any]:
@@ -104,13 +109,15 @@ def check_meta(stored: Mapping[str, Any], expect: Mapping[str, Any], where: str 
     """Raise `StoreError` naming every field of `expect` whose value differs from the store's metadata.
 
     Only the fields present in `expect` are compared (plus the format version, always), so a caller may check
-    just what it knows; nested dicts (architecture, transform, dataset) are compared key by key.
+    just what it knows; nested dicts (architecture, transform, dataset) are compared key by key. A field the store
+    predates reads as its `FIELD_DEFAULTS` value (an old store has no `precision`: it was extracted in fp32).
     """
     wanted = dict(_canonical(dict(expect)))
     wanted.setdefault("format_version", FORMAT_VERSION)
     problems: list[str] = []
     for key in sorted(wanted):
-        problems += _differences(_canonical(stored.get(key, "<missing>")), wanted[key], key)
+        value = stored.get(key, FIELD_DEFAULTS.get(key, "<missing>"))
+        problems += _differences(_canonical(value), wanted[key], key)
     if problems:
         raise StoreError(
             f"feature store {where} was made for a different request ({'; '.join(problems)}); "
@@ -222,8 +229,11 @@ def store_meta(
     count: int,
     dtype: str,
     num_tokens: int,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """The metadata a store is made from (and that a request is compared against)."""
+    if precision not in ("fp32", "bf16"):  # a resolved precision ('auto' depends on the device: resolve it first)
+        raise StoreError(f"store precision must be 'fp32' or 'bf16' (resolved), not {precision!r}")
     depth, dim = int(architecture["depth"]), int(architecture["embed_dim"])
     dataset = {**_canonical(dict(dataset_meta)), "count": int(count)}
     return _canonical(
@@ -237,6 +247,7 @@ def store_meta(
             "transform": dict(transform),
             "dataset": dataset,
             "dtype": check_dtype(dtype),
+            "precision": precision,
             "shapes": {"tokens": [int(count), depth, int(num_tokens), dim], "pre_logits": [int(count), dim]},
         }
     )

@@ -116,15 +116,17 @@ def task_store(
     overwrite: bool = False,
     out: str | Path | None = None,
     overwrite_hint: str = "pass --overwrite-stores to replace it, or use another --store-dir",
+    precision: str = "fp32",
 ) -> FeatureStore:
     """The feature store of one split: reused when it matches, resumed when half-written, extracted otherwise.
 
     Every store this opens — the split's own, or the train800 and val200 stores train800val200 is assembled
-    from — is checked against this request (backbone, weights, transform, dtype, list and image files).
+    from — is checked against this request (backbone, weights, transform, dtype, compute precision of the
+    backbone pass ('fp32' or 'bf16', resolved), list and image files).
     """
     images = read_split(data_root, task, split)
     out = Path(out) if out is not None else Path(store_dir) / task / split
-    request = StoreRequest(backbone, backbone_spec, transform_description, dtype)
+    request = StoreRequest(backbone, backbone_spec, transform_description, dtype, precision)
     try:
         if split == "train800val200" and store_dir is not None and not is_complete(out):
             assembled = _assemble_from_parts(images, out, data_root, task, Path(store_dir) / task, request,
@@ -132,7 +134,7 @@ def task_store(
             if assembled is not None:
                 return assembled
         return _extract(backbone, images, out, backbone_spec, task, split, transform, transform_description, dtype,
-                        batch_size, num_workers, progress, overwrite, request.fingerprint)
+                        batch_size, num_workers, progress, overwrite, request.fingerprint, precision)
     except StoreError as error:
         raise StoreError(str(error).replace("(or pass overwrite=True to replace it)", f"({overwrite_hint})")
                          ) from error
@@ -142,15 +144,15 @@ class StoreRequest:
     """What a store must have been made from, for any split: `expect(...)` gives the metadata to check."""
 
     def __init__(self, backbone: nn.Module, backbone_spec: str, transform_description: Mapping[str, Any],
-                 dtype: str) -> None:
+                 dtype: str, precision: str = "fp32") -> None:
         self.backbone, self.backbone_spec = backbone, backbone_spec
-        self.transform_description, self.dtype = dict(transform_description), dtype
+        self.transform_description, self.dtype, self.precision = dict(transform_description), dtype, precision
         self.fingerprint = weights_fingerprint(backbone)  # hashed once for all the splits it checks
 
     def expect(self, task: str, split: str, images: ImageList) -> dict[str, Any]:
         meta = request_meta(self.backbone, backbone_spec=self.backbone_spec, transform=self.transform_description,
                             dataset_meta=dataset_meta(task, split, images), count=len(images), dtype=self.dtype,
-                            fingerprint=self.fingerprint)
+                            fingerprint=self.fingerprint, precision=self.precision)
         return compared_fields(meta)
 
 
@@ -185,7 +187,8 @@ def _assemble_from_parts(
 
 def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: str, task: str, split: str,
              transform: Callable[[Any], Any], transform_description: Mapping[str, Any], dtype: str,
-             batch_size: int, num_workers: int, progress: bool, overwrite: bool, fingerprint: str) -> FeatureStore:
+             batch_size: int, num_workers: int, progress: bool, overwrite: bool, fingerprint: str,
+             precision: str = "fp32") -> FeatureStore:
     return extract_features(
         backbone,
         make_dataset(images, transform),
@@ -199,6 +202,7 @@ def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: s
         progress=progress,
         overwrite=overwrite,
         fingerprint=fingerprint,
+        precision=precision,
     )
 
 
