@@ -2,6 +2,7 @@
 
 Facts from the VQT paper and its released scripts (andytu28/VQT): tasks run with Q=1 were followed by
 Head2Toe-style compression keeping 70% of the features; Q=10 and Q=20 tasks were not compressed.
+Test-split sizes are VTAB-1k's (the VPT paper's dataset table; the same counts as the community image lists).
 `folder` is the directory name in the community-distributed VTAB-1k image-list archive (CIFAR-100 is ``cifar``).
 """
 
@@ -25,6 +26,7 @@ class TaskInfo:
     num_classes: int
     group: str
     queries: int  # Q per layer in the official VQT scripts
+    test_images: int  # size of the VTAB-1k test split (the full test set of the source dataset)
     folder: str  # directory name under the VTAB-1k root
 
     @property
@@ -33,32 +35,34 @@ class TaskInfo:
         return self.queries == 1
 
 
-def _task(name: str, num_classes: int, group: str, queries: int, folder: str | None = None) -> TaskInfo:
-    return TaskInfo(name, num_classes, group, queries, folder or name)
+def _task(
+    name: str, num_classes: int, group: str, queries: int, test_images: int, folder: str | None = None
+) -> TaskInfo:
+    return TaskInfo(name, num_classes, group, queries, test_images, folder or name)
 
 
 TASKS: dict[str, TaskInfo] = {
     task.name: task
     for task in (
-        _task("caltech101", 102, "Natural", 1),
-        _task("cifar100", 100, "Natural", 1, folder="cifar"),
-        _task("dtd", 47, "Natural", 1),
-        _task("oxford_flowers102", 102, "Natural", 1),
-        _task("oxford_iiit_pet", 37, "Natural", 1),
-        _task("svhn", 10, "Natural", 20),
-        _task("sun397", 397, "Natural", 1),
-        _task("patch_camelyon", 2, "Specialized", 1),
-        _task("eurosat", 10, "Specialized", 1),
-        _task("resisc45", 45, "Specialized", 1),
-        _task("diabetic_retinopathy", 5, "Specialized", 1),
-        _task("clevr_count", 8, "Structured", 1),
-        _task("clevr_dist", 6, "Structured", 10),
-        _task("dmlab", 6, "Structured", 20),
-        _task("kitti", 4, "Structured", 20),
-        _task("dsprites_loc", 16, "Structured", 20),
-        _task("dsprites_ori", 16, "Structured", 1),
-        _task("smallnorb_azi", 18, "Structured", 20),
-        _task("smallnorb_ele", 9, "Structured", 10),
+        _task("caltech101", 102, "Natural", 1, 6_084),
+        _task("cifar100", 100, "Natural", 1, 10_000, folder="cifar"),
+        _task("dtd", 47, "Natural", 1, 1_880),
+        _task("oxford_flowers102", 102, "Natural", 1, 6_149),
+        _task("oxford_iiit_pet", 37, "Natural", 1, 3_669),
+        _task("svhn", 10, "Natural", 20, 26_032),
+        _task("sun397", 397, "Natural", 1, 21_750),
+        _task("patch_camelyon", 2, "Specialized", 1, 32_768),
+        _task("eurosat", 10, "Specialized", 1, 5_400),
+        _task("resisc45", 45, "Specialized", 1, 6_300),
+        _task("diabetic_retinopathy", 5, "Specialized", 1, 42_670),
+        _task("clevr_count", 8, "Structured", 1, 15_000),
+        _task("clevr_dist", 6, "Structured", 10, 15_000),
+        _task("dmlab", 6, "Structured", 20, 22_735),
+        _task("kitti", 4, "Structured", 20, 711),
+        _task("dsprites_loc", 16, "Structured", 20, 73_728),
+        _task("dsprites_ori", 16, "Structured", 1, 73_728),
+        _task("smallnorb_azi", 18, "Structured", 20, 12_150),
+        _task("smallnorb_ele", 9, "Structured", 10, 12_150),
     )
 }
 
