@@ -24,6 +24,17 @@ from torch import nn
 Form = Literal["auto", "absorbed", "recompute"]
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype `torch.autocast` computes matmuls in on `device`'s type, or None when autocast is off there."""
+    try:  # torch >= 2.4 takes the device type
+        enabled, dtype = torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type)
+    except TypeError:  # torch 2.3: one function pair per device type
+        cpu = device.type == "cpu"
+        enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
+        dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
+    return dtype if enabled else None
+
+
 def _plain_qkv(attn: nn.Module) -> bool:
     return type(attn.qkv) is nn.Linear
 
@@ -100,11 +111,13 @@ def query_block_output(
 
     The path computes in the dtype of the block's weights: queries and tokens are cast to it (fp32 queries of a
     bf16 backbone keep their fp32 master copy; the gradient flows back through the cast), a store's fp16/bf16
-    tokens are upcast for an fp32 backbone.
+    tokens are upcast for an fp32 backbone. Under `torch.autocast` (`--precision bf16`) the tokens are cast
+    once to the autocast dtype instead: both attention matmuls then read that one copy, so autograd saves X_l
+    at half the bytes (autocast alone would cast, and save, a copy per matmul).
     """
     attn = block.attn
     dtype = block.norm1.weight.dtype if getattr(block.norm1, "weight", None) is not None else queries.dtype
-    queries, tokens = queries.to(dtype), tokens.to(dtype)
+    queries, tokens = queries.to(dtype), tokens.to(autocast_dtype(tokens.device) or dtype)
     if form == "auto":
         form = choose_form(block, queries.shape[1])
     if form == "absorbed" and not isinstance(attn.k_norm, nn.Identity):

@@ -42,22 +42,29 @@ def combine_features(
 ) -> torch.Tensor:
     """The head's input: the pre-logits feature and one piece per layer, each L2-normalised on its own.
 
-    `outputs[l]` is O_l of shape (B, Q_l, D). "concat" flattens the Q_l tokens of a layer into one vector
-    (normalised jointly), "mean" averages them, "weighted" takes a learned weighted sum (`layer_weights[l]`, Q_l).
+    `outputs[l]` is O_l of shape (..., B, Q_l, D). "concat" flattens the Q_l tokens of a layer into one vector
+    (normalised jointly), "mean" averages them, "weighted" takes a learned weighted sum (`layer_weights[l]`,
+    (..., Q_l)). Leading axes (the grid's configurations, (C, B, Q_l, D) with weights (C, Q_l)) are batched: one
+    op per layer for all of them; the pre-logits piece (B, F) is normalised once and broadcast over them.
     """
-    pieces = [pre_logits]
+    lead = outputs[0].shape[:-2] if outputs else pre_logits.shape[:-1]
+    pieces = []
     for index, out in enumerate(outputs):
         if variant == "concat":
-            pieces.append(out.flatten(1))
+            pieces.append(out.flatten(-2))
         elif variant == "mean":
-            pieces.append(out.mean(dim=1))
+            pieces.append(out.mean(dim=-2))
         elif variant == "weighted":
             assert layer_weights is not None
-            pieces.append(torch.einsum("bqd,q->bd", out, layer_weights[index]))
+            weights = layer_weights[index]  # (Q,), or (C, Q): one row per config, broadcast over the batch
+            weights = weights.unsqueeze(-2) if weights.dim() > 1 else weights
+            pieces.append(torch.einsum("...qd,...q->...d", out, weights))
         else:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
     # In the pre-logits' dtype (the head's: fp32), whatever dtype the backbone computed the pieces in.
-    return torch.cat([F.normalize(piece.to(pre_logits.dtype), dim=-1, eps=1e-12) for piece in pieces], dim=-1)
+    normalised = [F.normalize(pre_logits, dim=-1, eps=1e-12).expand(*lead, -1)]
+    normalised += [F.normalize(piece.to(pre_logits.dtype), dim=-1, eps=1e-12) for piece in pieces]
+    return torch.cat(normalised, dim=-1)
 
 
 class EmbedDropoutTap(BackboneTap):

@@ -10,10 +10,8 @@ comes from: the store (`FeatureStore.batch`) or the backbone tap on the images (
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from queue import Queue
 from typing import Any
 
 import numpy as np
@@ -27,6 +25,8 @@ from vqt.backbone.tap import TapOutput
 from vqt.errors import VQTError
 from vqt.features.store import FeatureStore
 from vqt.methods.vqt import VQT, seeded_embed_dropout
+from vqt.precision import autocast
+from vqt.training.feeding import AnyStore, feed_batches, place_store, prefetch, sequential_batches
 from vqt.training.recipe import Recipe, lr_at_epoch, make_optimizer, order_generator, seeded_query_dropout
 
 STORE_EMBED_DROPOUT = (
@@ -63,40 +63,15 @@ def epoch_batches(num_items: int, recipe: Recipe, generator: torch.Generator) ->
 
 
 def tap_to(tapped: TapOutput, device: torch.device) -> TapOutput:
+    """A CPU batch on `device` (the trainers take device batches from `vqt.training.feeding` instead)."""
     return TapOutput(
         tokens=[t.to(device, non_blocking=True) for t in tapped.tokens],
         pre_logits=tapped.pre_logits.to(device, non_blocking=True),
     )
 
 
-def prefetch(iterable: Iterable, depth: int = 2) -> Iterator:
-    """Produce the next items (store reads: page-ins and gathers, which release the GIL) in a thread."""
-    queue: Queue = Queue(maxsize=depth)
-    done = object()
-    failure: list[BaseException] = []
-
-    def work() -> None:
-        try:
-            for item in iterable:
-                queue.put(item)
-        except BaseException as error:  # re-raised in the consumer
-            failure.append(error)
-        finally:
-            queue.put(done)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    while True:
-        item = queue.get()
-        if item is done:
-            break
-        yield item
-    thread.join()
-    if failure:
-        raise failure[0]
-
-
 def store_batches(store: FeatureStore, batches: Sequence[np.ndarray], threaded: bool = True) -> Iterator:
+    """CPU batches of a store, read ahead in a thread (the trainers use `feeding.feed_batches`)."""
     reads = (store.batch(index) for index in batches)
     return prefetch(reads) if threaded else reads
 
@@ -134,16 +109,17 @@ def fit_epochs(
         for group in optimizer.param_groups:
             group["lr"] = lr
         trained.train()
-        total, seen = 0.0, 0
+        total: float | torch.Tensor = 0.0
+        seen = 0
         for inputs, labels in make_batches(epoch_batches(num_items, recipe, generator)):
             loss = loss_of(inputs, labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += float(loss.detach()) * len(labels)
+            total = total + loss.detach().double() * len(labels)  # on the loss's device: no sync per batch
             seen += len(labels)
         history.lr.append(lr)
-        history.train_loss.append(total / max(1, seen))
+        history.train_loss.append(float(total) / max(1, seen))
         if stop_on_non_finite and not math.isfinite(history.train_loss[-1]):
             break
         last = epoch == recipe.epochs - 1
@@ -151,6 +127,15 @@ def fit_epochs(
         history.val_accuracy.append(validate() if run_val else None)  # type: ignore[misc]
     trained.eval()
     return history
+
+
+def vqt_loss(model: VQT, tapped: TapOutput, labels: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """A batch's cross-entropy: the query path under `precision`'s autocast, the head's logits and the loss in
+    fp32 (the features are cast to fp32 before the fp32 head), so the parameters' gradients are fp32."""
+    device = _device(model)
+    with autocast(precision, device):
+        features = model.features_from(tapped)
+    return F.cross_entropy(model.head(features.float()), labels.to(device))
 
 
 def _fit_vqt(
@@ -161,12 +146,15 @@ def _fit_vqt(
     recipe: Recipe,
     validate: Callable[[], float] | None,
     progress: bool,
+    precision: str = "fp32",
 ) -> History:
     """VQT from stored or tapped tokens: `fit_epochs` with the configuration's own query-dropout masks."""
     device = _device(model)
 
     def loss_of(inputs: object, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(model.head(model.features_from(to_tap(inputs))), labels.to(device))
+        with autocast(precision, device):  # the online tap's backbone pass computes under it too
+            tapped = to_tap(inputs)
+        return vqt_loss(model, tapped, labels, precision)
 
     optimizer = make_optimizer(model, recipe)
     with seeded_query_dropout(model, recipe.seed), seeded_embed_dropout(model, recipe.seed):
@@ -176,30 +164,41 @@ def _fit_vqt(
 
 def train_cached(
     model: VQT,
-    store: FeatureStore,
+    store: AnyStore,
     recipe: Recipe | None = None,
     *,
-    val_store: FeatureStore | None = None,
+    val_store: AnyStore | None = None,
     progress: bool = False,
+    precision: str = "fp32",
+    store_device: str = "cpu",
 ) -> History:
     """Train `model` (queries, head) in place from a feature store: no backbone forward at all.
 
     The store must come from `model`'s backbone (check it with `open_store(..., expect=request_meta(...))`).
     Initialise the model first (e.g. `seed_init(model, recipe.seed)`); this function only trains it.
+    `precision` ('fp32' or 'bf16', resolved by `vqt.precision.resolve_precision`) is the query path's compute;
+    `store_device` ('cpu' or 'cuda', resolved by `feeding.resolve_store_device`) where both stores' batches are
+    gathered (`vqt.training.feeding`).
     """
     if getattr(model, "embed_dropout", False):
         raise VQTError(STORE_EMBED_DROPOUT)
     recipe = recipe or Recipe()
     device = _device(model)
-    validate = (lambda: evaluate_store([model], val_store)[0]) if val_store is not None else None
+    store = place_store(store, store_device, device)
+    if val_store is not None:
+        val_store = place_store(val_store, store_device, device)
+    validate = (
+        (lambda: evaluate_store([model], val_store, precision=precision)[0]) if val_store is not None else None
+    )
     return _fit_vqt(
         model,
         len(store),
-        lambda batches: store_batches(store, batches),
-        lambda tapped: tap_to(tapped, device),  # type: ignore[arg-type]
+        lambda batches: feed_batches(store, batches, device),
+        lambda tapped: tapped,  # type: ignore[arg-type,return-value]
         recipe,
         validate,
         progress,
+        precision,
     )
 
 
@@ -211,17 +210,23 @@ def train_online(
     val_dataset: Dataset | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> History:
     """Train `model` in place from images: each batch goes through the (no-autograd) backbone tap.
 
     The same loop, order and dropout draws as `train_cached`; useful with augmentation or without disk space.
+    With `precision='bf16'` the backbone pass runs under the same autocast as the query path.
     """
     from vqt.training.evaluate import evaluate_streaming
 
     recipe = recipe or Recipe()
     device = _device(model)
     validate = (
-        (lambda: evaluate_streaming([model], val_dataset, batch_size=recipe.batch_size).accuracies[0])
+        (
+            lambda: evaluate_streaming(
+                [model], val_dataset, batch_size=recipe.batch_size, precision=precision
+            ).accuracies[0]
+        )
         if val_dataset is not None
         else None
     )
@@ -233,19 +238,38 @@ def train_online(
         recipe,
         validate,
         progress,
+        precision,
     )
 
 
 @torch.no_grad()
-def evaluate_store(models: Sequence[VQT], store: FeatureStore, batch_size: int = 256) -> list[float]:
+def evaluate_store(
+    models: Sequence[VQT],
+    store: AnyStore,
+    batch_size: int = 256,
+    *,
+    precision: str = "fp32",
+    store_device: str = "cpu",
+) -> list[float]:
     """Accuracy of each model on a store (e.g. val200), reading the store once for all of them."""
-    correct = [0] * len(models)
     for model in models:
         model.eval()
-    for tapped, labels in store_batches(
-        store, [np.arange(s, min(s + batch_size, len(store))) for s in range(0, len(store), batch_size)]
-    ):
+    if not models:
+        return []
+    device = _device(models[0])
+    store = place_store(store, store_device, device)
+    correct = [torch.zeros((), dtype=torch.int64, device=_device(model)) for model in models]
+    for tapped, labels in feed_batches(store, sequential_batches(len(store), batch_size), device):
         for index, model in enumerate(models):
-            logits = model.head(model.features_from(tap_to(tapped, _device(model))))
-            correct[index] += int((logits.argmax(-1).cpu() == labels).sum())
-    return [c / max(1, len(store)) for c in correct]
+            with autocast(precision, device):
+                features = model.features_from(tapped_on(tapped, _device(model)))
+            logits = model.head(features.float())
+            correct[index] += (logits.argmax(-1) == labels.to(logits.device)).sum()
+    return [int(c) / max(1, len(store)) for c in correct]
+
+
+def tapped_on(tapped: TapOutput, device: torch.device) -> TapOutput:
+    """`tapped` on `device` (a no-op when it is there already: models of one evaluation share a device)."""
+    if tapped.pre_logits.device == device:
+        return tapped
+    return tap_to(tapped, device)

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from vqt.methods.vqt import VQT
+from vqt.precision import autocast
 
 
 @dataclass
@@ -55,10 +56,12 @@ def evaluate_streaming(
     num_workers: int = 0,
     device: torch.device | str | None = None,
     progress: bool = False,
+    precision: str = "fp32",
 ) -> EvalResult:
     """Accuracy and predictions of one or several trained VQTs over `dataset` with one backbone pass per batch.
 
     `dataset` yields (image tensor, label). The models are put in eval mode; the first one's tap is used.
+    `precision` 'bf16' runs the backbone pass and the query paths under autocast; the heads compute in fp32.
     """
     models = [models] if isinstance(models, VQT) else list(models)
     if not models:
@@ -78,12 +81,15 @@ def evaluate_streaming(
     predictions: list[list[torch.Tensor]] = [[] for _ in models]
     labels: list[torch.Tensor] = []
     for images, batch_labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-        tapped = tap(images.to(device, non_blocking=True))
+        with autocast(precision, device):
+            tapped = tap(images.to(device, non_blocking=True))
         for index, model in enumerate(models):
-            logits = model.head(model.features_from(tapped))
-            predictions[index].append(logits.argmax(-1).cpu())
+            with autocast(precision, device):
+                features = model.features_from(tapped)
+            logits = model.head(features.float())
+            predictions[index].append(logits.argmax(-1))
         labels.append(torch.as_tensor(batch_labels).to(torch.int64))
     all_labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)
-    stacked = torch.stack([torch.cat(p) if p else torch.empty(0, dtype=torch.int64) for p in predictions])
+    stacked = torch.stack([torch.cat(p).cpu() if p else torch.empty(0, dtype=torch.int64) for p in predictions])
     accuracies = [float((row == all_labels).double().mean()) if len(all_labels) else 0.0 for row in stacked]
     return EvalResult(accuracies=accuracies, predictions=stacked, labels=all_labels)

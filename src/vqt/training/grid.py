@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from vqt.backbone.query_path import query_block_output
 from vqt.backbone.tap import TapOutput
 from vqt.errors import VQTError
-from vqt.features.store import FeatureStore
 from vqt.methods.vqt import VQT, combine_features
-from vqt.training.cached import STORE_EMBED_DROPOUT, History, epoch_batches, store_batches, tap_to
+from vqt.precision import autocast
+from vqt.training.cached import STORE_EMBED_DROPOUT, History, epoch_batches
+from vqt.training.feeding import AnyStore, feed_batches, place_store, sequential_batches
 from vqt.training.recipe import (
     Recipe,
     apply_dropout,
-    draw_keep_mask,
     dropout_generator,
     lr_factor,
     order_generator,
@@ -77,6 +77,7 @@ class BatchedAdam:
     ) -> None:
         self.params = list(params)
         self.decays = list(decays)  # (C,) per parameter; zeros for the head bias
+        self.decayed = [bool((decay != 0).any()) for decay in self.decays]  # once here, not a sync per step
         self.betas, self.eps = betas, eps
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
@@ -92,10 +93,12 @@ class BatchedAdam:
         self.steps += 1
         correction1 = 1 - beta1**self.steps
         correction2_sqrt = (1 - beta2**self.steps) ** 0.5
-        for p, decay, m, v in zip(self.params, self.decays, self.exp_avg, self.exp_avg_sq, strict=True):
+        for p, decay, decayed, m, v in zip(
+            self.params, self.decays, self.decayed, self.exp_avg, self.exp_avg_sq, strict=True
+        ):
             shape = (-1,) + (1,) * (p.dim() - 1)
             grad = p.grad
-            if bool((decay != 0).any()):
+            if decayed:
                 grad = grad + decay.view(shape) * p
             m.lerp_(grad, 1 - beta1)
             v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -139,8 +142,25 @@ class VQTGrid(nn.Module):
     def num_configs(self) -> int:
         return len(self.configs)
 
-    def logits(self, tapped: TapOutput) -> torch.Tensor:
-        """(C, B, K) logits of every configuration; query dropout (per-config masks) when training."""
+    def keep_masks(self, batch: int, num_queries: int, dim: int, like: torch.Tensor) -> torch.Tensor:
+        """(C, B, Q, D) query-dropout keep-masks, configuration c's drawn from its own generator.
+
+        The one loop over configurations left in the hot path: each mask is drawn on the CPU into its slice of
+        one buffer, exactly as `draw_keep_mask` draws a lone model's (same shape, generator and order, so the grid
+        reproduces `train_cached`); the whole buffer then moves to the device in one copy.
+        """
+        keep = torch.empty((self.num_configs, batch, num_queries, dim), dtype=like.dtype)
+        for c, generator in enumerate(self.generators):
+            keep[c].bernoulli_(1.0 - self.dropout_p, generator=generator)
+        return keep.to(like.device)
+
+    def features(self, tapped: TapOutput) -> torch.Tensor:
+        """(C, B, F) head inputs of every configuration; query dropout (per-config masks) when training.
+
+        Batched: per layer one masked-query op for all configurations, one `query_block_output` call on the
+        configurations' queries concatenated along Q (queries are independent, so this is exact), and one
+        `combine_features` call over the (C, B, Q, D) outputs (the "weighted" variant's per-config weights too).
+        """
         template = self.template[0]
         configs = self.num_configs
         outputs = []
@@ -149,40 +169,22 @@ class VQTGrid(nn.Module):
             _, num_queries, dim = queries.shape
             batch = tokens.shape[0]
             if self.training and self.dropout_p > 0:
-                dropped = [
-                    apply_dropout(
-                        queries[c].unsqueeze(0).expand(batch, -1, -1),
-                        draw_keep_mask(
-                            (batch, num_queries, dim), self.dropout_p, self.generators[c], queries
-                        ),
-                        self.dropout_p,
-                    )
-                    for c in range(configs)
-                ]
-                joint = torch.cat(dropped, dim=1)  # (B, C*Q, D)
+                keep = self.keep_masks(batch, num_queries, dim, queries)  # (C, B, Q, D)
+                dropped = apply_dropout(queries.unsqueeze(1), keep, self.dropout_p)  # (C, B, Q, D)
+                joint = dropped.transpose(0, 1).reshape(batch, configs * num_queries, dim)  # (B, C*Q, D)
             else:
                 joint = queries.reshape(1, configs * num_queries, dim)
             out = query_block_output(block, joint, tokens, form=template.form)  # (B, C*Q, D)
             outputs.append(out.view(batch, configs, num_queries, dim).transpose(0, 1))  # (C, B, Q, D)
         pre_logits = tapped.pre_logits.to(self.head_weight.dtype)
-        batch = pre_logits.shape[0]
-        if self.layer_weights is None:  # fold the config axis into the batch: one call for all configs
-            folded = [o.reshape(configs * batch, *o.shape[2:]) for o in outputs]
-            pre = pre_logits.unsqueeze(0).expand(configs, -1, -1).reshape(configs * batch, -1)
-            features = combine_features(pre, folded, template.variant).view(configs, batch, -1)
-        else:
-            features = torch.stack(
-                [
-                    combine_features(
-                        pre_logits,
-                        [o[c] for o in outputs],
-                        template.variant,
-                        [w[c] for w in self.layer_weights],
-                    )
-                    for c in range(configs)
-                ]
-            )
-        return torch.baddbmm(self.head_bias.unsqueeze(1), features, self.head_weight.transpose(1, 2))
+        weights = list(self.layer_weights) if self.layer_weights is not None else None
+        return combine_features(pre_logits, outputs, template.variant, weights)
+
+    def logits(self, tapped: TapOutput, precision: str = "fp32") -> torch.Tensor:
+        """(C, B, K) logits: the query path under `precision`'s autocast, the heads in fp32 (one batched matmul)."""
+        with autocast(precision, self.head_weight.device):
+            features = self.features(tapped)
+        return torch.baddbmm(self.head_bias.unsqueeze(1), features.float(), self.head_weight.transpose(1, 2))
 
     def export(self, index: int) -> VQT:
         """Configuration `index` as an ordinary VQT on the same backbone (for saving, evaluation)."""
@@ -235,32 +237,43 @@ class GridResult:
 
 
 @torch.no_grad()
-def evaluate_grid_store(grid: VQTGrid, store: FeatureStore, batch_size: int = 256) -> list[float]:
+def evaluate_grid_store(
+    grid: VQTGrid,
+    store: AnyStore,
+    batch_size: int = 256,
+    *,
+    precision: str = "fp32",
+    store_device: str = "cpu",
+) -> list[float]:
     """Accuracy of every configuration on a store, reading it once."""
     grid.eval()
     device = grid.head_weight.device
-    correct = torch.zeros(grid.num_configs, dtype=torch.int64)
-    order = [np.arange(s, min(s + batch_size, len(store))) for s in range(0, len(store), batch_size)]
-    for tapped, labels in store_batches(store, order):
-        predictions = grid.logits(tap_to(tapped, device)).argmax(-1).cpu()  # (C, B)
+    store = place_store(store, store_device, device)
+    correct = torch.zeros(grid.num_configs, dtype=torch.int64, device=device)
+    for tapped, labels in feed_batches(store, sequential_batches(len(store), batch_size), device):
+        predictions = grid.logits(tapped, precision).argmax(-1)  # (C, B)
         correct += (predictions == labels.unsqueeze(0)).sum(1)
-    return (correct.double() / max(1, len(store))).tolist()
+    return (correct.double().cpu() / max(1, len(store))).tolist()
 
 
 def train_grid(
     template: VQT,
-    store: FeatureStore,
+    store: AnyStore,
     configs: Sequence[GridConfig],
     recipe: Recipe | None = None,
     *,
-    val_store: FeatureStore | None = None,
+    val_store: AnyStore | None = None,
     progress: bool = False,
+    precision: str = "fp32",
+    store_device: str = "cpu",
 ) -> GridResult:
     """Train every configuration together from `store`; `recipe.lr`, `.weight_decay`, `.seed` are overridden
     per configuration, everything else (epochs, schedule, batch, order seed) is shared.
 
     The template VQT fixes the layout (backbone, Q, variant, dropout rate, form); its own parameters are left
-    unchanged. Use `GridResult.model(i)` to get configuration i as a VQT.
+    unchanged. Use `GridResult.model(i)` to get configuration i as a VQT. `precision` and `store_device` as in
+    `train_cached`: bf16 autocast for the query path (fp32 parameters, optimiser state, logits and losses), the
+    store resident on the device ('cuda') or streamed from the host ('cpu').
     """
     if getattr(template, "embed_dropout", False):
         raise VQTError(STORE_EMBED_DROPOUT)
@@ -268,6 +281,9 @@ def train_grid(
     template.eval()
     device = template.head.weight.device
     grid = VQTGrid(template, configs).to(device)
+    store = place_store(store, store_device, device)
+    if val_store is not None:
+        val_store = place_store(val_store, store_device, device)
     peak = torch.tensor(
         [scaled_lr(c.lr, recipe.batch_size, recipe.scale_lr) for c in grid.configs],
         dtype=grid.head_weight.dtype,
@@ -284,11 +300,10 @@ def train_grid(
     for epoch in tqdm(range(recipe.epochs), desc="grid", unit="epoch", disable=not progress):
         lrs = peak * lr_factor(epoch, recipe.epochs, recipe.warmup_epochs)
         grid.train()
-        totals = torch.zeros(grid.num_configs, dtype=torch.float64)
+        totals = torch.zeros(grid.num_configs, dtype=torch.float64, device=device)  # no sync per batch
         seen = 0
-        for tapped, labels in store_batches(store, epoch_batches(len(store), recipe, generator)):
-            labels = labels.to(device)
-            logits = grid.logits(tap_to(tapped, device))  # (C, B, K)
+        for tapped, labels in feed_batches(store, epoch_batches(len(store), recipe, generator), device):
+            logits = grid.logits(tapped, precision)  # (C, B, K), fp32
             configs_, batch, classes = logits.shape
             losses = (
                 F.cross_entropy(
@@ -300,14 +315,19 @@ def train_grid(
             optimizer.zero_grad()
             losses.sum().backward()  # configs share no parameters: each gets its own loss's gradient
             optimizer.step(lrs)
-            totals += losses.detach().double().cpu() * batch
+            totals += losses.detach().double() * batch
             seen += batch
         last = epoch == recipe.epochs - 1
         run_val = val_store is not None and (last or (epoch + 1) % recipe.eval_every == 0)
-        accuracies = evaluate_grid_store(grid, val_store) if run_val else [None] * grid.num_configs  # type: ignore[arg-type]
+        accuracies = (
+            evaluate_grid_store(grid, val_store, precision=precision)  # type: ignore[arg-type]
+            if run_val
+            else [None] * grid.num_configs
+        )
+        totals_cpu = totals.cpu()
         for index, history in enumerate(histories):
             history.lr.append(float(lrs[index]))
-            history.train_loss.append(float(totals[index]) / max(1, seen))
+            history.train_loss.append(float(totals_cpu[index]) / max(1, seen))
             history.val_accuracy.append(accuracies[index])
     grid.eval()
     return GridResult(configs=list(grid.configs), histories=histories, grid=grid)
