@@ -10,10 +10,13 @@ command's --help says which status it uses).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 
+from vqt.distributed import launched_by_torchrun
 from vqt.errors import VQTError, os_error_message
 
 # Sub-command modules, in the order `vqt --help` lists them.
@@ -60,21 +63,61 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if not getattr(args, "func", None):
+        logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
         parser.print_help()
         return 1
+    if not launched_by_torchrun():
+        logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+        return run_command(args)
+    return run_distributed(args, sys.argv[1:] if argv is None else list(argv))
+
+
+def run_command(args: argparse.Namespace, prefix: str = "") -> int:
+    """Run the chosen command; a user error is one line `vqt: error: ...` (rank-prefixed under torchrun)."""
     try:
         return int(args.func(args) or 0)
     except (VQTError, OSError) as error:
         if args.debug:
             raise
         message = os_error_message(error) if isinstance(error, OSError) else str(error)
-        print(f"vqt: error: {message}", file=sys.stderr)
+        print(f"vqt: error: {prefix}{message}", file=sys.stderr)
+        if prefix:  # torchrun's failure summary shows this rank's message as the root cause
+            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+            ErrorHandler().record_exception(error)
         return 2
     except KeyboardInterrupt:
-        print("vqt: interrupted", file=sys.stderr)
+        print(f"vqt: {prefix}interrupted", file=sys.stderr)
         return 130
+
+
+def run_distributed(args: argparse.Namespace, argv: list[str]) -> int:
+    """Under torchrun: join the process group once, refuse ranks launched with different arguments, let only
+    rank 0 print (tables to stdout, progress bars), name the rank in logs and errors (docs/distributed.md)."""
+    from vqt.distributed import context
+
+    try:
+        ctx = context.init_from_env(getattr(args, "device", None))
+        context.configure_logging(args.log_level)
+        context.check_same_arguments(argv)
+    except VQTError as error:
+        if args.debug:
+            raise
+        print(f"vqt: error: {context.log_prefix()}{error}", file=sys.stderr)
+        return 2
+    if not ctx.is_main:  # one progress bar, one table: rank 0's
+        if hasattr(args, "no_progress"):
+            args.no_progress = True
+        if isinstance(getattr(args, "progress", None), bool):
+            args.progress = False
+    with contextlib.ExitStack() as stack:
+        if not ctx.is_main:
+            stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+        status = run_command(args, context.log_prefix())
+    if status == 0:
+        context.shutdown()  # after a failure other ranks may still be inside a collective: just exit
+    return status
 
 
 if __name__ == "__main__":

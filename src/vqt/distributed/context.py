@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,11 +24,11 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from vqt.distributed import launched_by_torchrun
 from vqt.errors import VQTError
 
 TIMEOUT_ENV = "VQT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch's own default for gloo; long enough for a rank that finishes its shard late
-LAUNCH_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +74,6 @@ def timeout_seconds() -> float:
     if value <= 0:
         raise DistributedError(f"{TIMEOUT_ENV} must be a positive number of seconds, not {text}")
     return value
-
-
-def launched_by_torchrun() -> bool:
-    """True when the environment carries a launcher's rank variables (torchrun, or the same set by hand)."""
-    return all(name in os.environ for name in LAUNCH_VARIABLES)
 
 
 def _env_int(name: str) -> int:
@@ -212,6 +206,23 @@ def all_gather_object(value: Any, what: str) -> list[Any]:
     return gathered
 
 
+def broadcast_object(value: Any, what: str) -> Any:
+    """Rank 0's `value` (picklable) on every rank; `value` itself in a single process."""
+    ctx = current()
+    if not ctx.distributed:
+        return value
+    holder = [value if ctx.is_main else None]
+    try:
+        dist.broadcast_object_list(holder, src=0, group=_coordination)
+    except RuntimeError as error:
+        raise DistributedError(
+            f"rank {ctx.rank} did not receive {what} from rank 0 within {timeout_seconds():g} s "
+            f"({_first_line(error)}): rank 0 failed (see its error) or is still working; raise {TIMEOUT_ENV} "
+            "if it is only slow"
+        ) from error
+    return holder[0]
+
+
 def check_same_arguments(argv: Sequence[str]) -> None:
     """Refuse a launch whose ranks got different command lines (they would disagree about the work)."""
     every = all_gather_object(list(argv), "the command-line arguments")
@@ -242,5 +253,4 @@ def log_prefix() -> str:
 
 def configure_logging(level: str | int) -> None:
     """The CLI's logging set-up: records name the rank when there are several."""
-    logging.basicConfig(level=level, format=f"{log_prefix()}%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format=f"{log_prefix()}%(levelname)s %(name)s: %(message)s")

@@ -1,13 +1,17 @@
 """One no-autograd backbone pass over a dataset, written to a feature store in resumable chunks.
 
 Why chunks: extracting a large split takes long; an interruption (crash, pre-emption, Ctrl-C) must cost at most
-one chunk. After each chunk the arrays are flushed and `progress.json` is replaced atomically; a rerun with the
-same request continues from there. The `COMPLETE` marker is written last, so a half-written store is never
-opened as a complete one (`open_store` refuses it).
+one chunk. After each chunk the arrays are synced to disk and `progress.json` is replaced atomically; a rerun
+with the same request continues from there. The `COMPLETE` marker is written last, so a half-written store is
+never opened as a complete one (`open_store` refuses it). Under torchrun the images are split across the ranks
+in contiguous shards of whole chunks; each rank writes its own rows and its own `progress.rank<R>.json`, rank 0
+the metadata first and the marker last, after every rank's shard is written (docs/distributed.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import threading
 from collections.abc import Callable, Mapping
@@ -24,7 +28,16 @@ from tqdm.auto import tqdm
 
 from vqt.backbone.sources import describe, weights_fingerprint
 from vqt.backbone.tap import BackboneTap
-from vqt.errors import StoreError
+from vqt.distributed.context import (
+    DistributedError,
+    all_gather_object,
+    barrier,
+    broadcast_object,
+    current,
+    progress_enabled,
+)
+from vqt.distributed.shards import contiguous_shard
+from vqt.errors import StoreError, os_error_message
 from vqt.features.store import (
     COMPLETE_FILE,
     DTYPES,
@@ -32,6 +45,7 @@ from vqt.features.store import (
     META_FILE,
     PRE_LOGITS_FILE,
     PROGRESS_FILE,
+    RANK_PROGRESS_GLOB,
     TOKENS_FILE,
     FeatureStore,
     atomic_write_json,
@@ -40,9 +54,10 @@ from vqt.features.store import (
     compared_fields,
     is_complete,
     open_store,
+    rank_progress_file,
     read_meta,
-    read_progress,
     store_meta,
+    written_ranges,
 )
 from vqt.precision import autocast, resolve_precision
 
@@ -88,6 +103,8 @@ def request_meta(
 def _remove_store(path: Path) -> None:
     for name in STORE_FILES:
         (path / name).unlink(missing_ok=True)
+    for file in path.glob(RANK_PROGRESS_GLOB):
+        file.unlink()
 
 
 def extract_features(
@@ -108,6 +125,7 @@ def extract_features(
     on_chunk: Callable[[int], None] | None = None,
     fingerprint: str | None = None,
     precision: str = "fp32",
+    shard: bool = True,
 ) -> FeatureStore:
     """Extract (or resume, or reuse) the feature store of `dataset` under `out_dir`.
 
@@ -125,6 +143,9 @@ def extract_features(
             of a large backbone takes a moment; the protocol checks several stores against one backbone).
         precision: compute precision of the backbone pass, 'fp32' or 'bf16' (`torch.autocast`; 'auto' is
             resolved for `device` by `vqt.precision.resolve_precision`); recorded in the metadata and compared.
+        shard: under torchrun (`vqt.distributed.context`), split the images across the ranks, which must all
+            call this; each rank writes its own rows of the one store, rank 0 the metadata and the completion
+            marker (docs/distributed.md). False: this process alone extracts the whole store.
 
     Returns:
         The complete store, opened and checked. An existing complete store of the same request is reused as is;
@@ -150,7 +171,89 @@ def extract_features(
     )
     expect = compared_fields(meta)
 
-    done = 0
+    ctx = current()
+    sharded = shard and ctx.distributed
+    complete, failed = False, None
+    if ctx.is_main or not sharded:  # rank 0 alone checks, replaces or creates the files, then tells the others
+        try:
+            complete = _prepare(out, meta, expect, overwrite)
+        except (StoreError, OSError) as error:
+            if not sharded:
+                raise
+            failed = error
+    if sharded:
+        complete, message = broadcast_object(
+            (complete, None if failed is None else _one_line(failed)), f"the state of feature store {out}"
+        )
+        if failed is not None:
+            raise failed
+        if message is not None:
+            raise StoreError(f"rank 0 could not prepare feature store {out}: {message}")
+    if complete:
+        return open_store(out, expect)
+
+    # This process's rows: all of them, or under torchrun a contiguous shard of whole chunks of whole batches
+    # (each image lands in the same batch as in a single process, and resumes find the same chunks).
+    chunk = -(-max(chunk_size, 1) // batch_size) * batch_size
+    rows = contiguous_shard(count, chunk, ctx.rank, ctx.world_size) if sharded else range(count)
+    done = rows.start
+    for start, stop in written_ranges(out):  # resume after the rows written already (by any rank)
+        if start <= done < stop:
+            done = min(stop, rows.stop)
+    progress_file = out / (rank_progress_file(ctx.rank) if sharded else PROGRESS_FILE)
+
+    np_dtype, torch_dtype = DTYPES[dtype]
+    token_shape = tuple(meta["shapes"]["tokens"])
+    files = [_RowFile(out / name) for name in (TOKENS_FILE, PRE_LOGITS_FILE, LABELS_FILE)]
+    try:
+        position = _extract_rows(
+            tap, dataset, rows, done, files, progress_file, device=device, precision=precision, dtype=dtype,
+            np_dtype=np_dtype, torch_dtype=torch_dtype, token_shape=token_shape, batch_size=batch_size,
+            num_workers=num_workers, chunk_size=chunk_size, on_chunk=on_chunk, sharded=sharded,
+            bar=dict(total=len(rows), initial=done - rows.start, unit="img", disable=not progress_enabled(progress),
+                     desc=f"extract {out.name}" + (f" (rank 0's {len(rows)} of {count})" if sharded else "")),
+        )
+    except BaseException as error:
+        if sharded:  # tell the others why their wait for this rank ends, then stop with this rank's own error
+            with contextlib.suppress(DistributedError):
+                _gather_failures(_one_line(error), out)
+        raise
+    finally:
+        for file in files:
+            file.close()
+    if position != rows.stop:
+        raise StoreError(f"the dataset yielded {position} images but has length {count}")
+    if sharded:
+        failures = _gather_failures(None, out)
+        if failures:
+            raise DistributedError("; ".join(f"rank {rank} failed extracting {out}: {message}"
+                                             for rank, message in failures))
+    if ctx.is_main or not sharded:
+        atomic_write_json(out / PROGRESS_FILE, {"done": count})
+        for file in out.glob(RANK_PROGRESS_GLOB):
+            file.unlink()
+        atomic_write_json(out / COMPLETE_FILE, {"count": count, "weights_sha256": meta["weights_sha256"]})
+    if sharded:
+        barrier(f"the completion marker of feature store {out}")
+    return open_store(out, expect)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return os_error_message(error)
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _gather_failures(message: str | None, out: Path) -> list[tuple[int, str]]:
+    """Every rank's failure message (None: its shard is written), as (rank, message) for the failed ones."""
+    every = all_gather_object(message, f"the outcome of every rank's part of feature store {out}")
+    return [(rank, text) for rank, text in enumerate(every) if text is not None]
+
+
+def _prepare(out: Path, meta: dict[str, Any], expect: Mapping[str, Any], overwrite: bool) -> bool:
+    """Check, replace or create the store's files; True when a complete store of this request is there."""
+    fresh = True
     if (out / META_FILE).is_file():
         try:
             check_meta(read_meta(out), expect, out)
@@ -160,32 +263,71 @@ def extract_features(
             _remove_store(out)
         else:
             if is_complete(out):
-                return open_store(out, expect)
-            done = read_progress(out)
+                return True
+            fresh = not written_ranges(out)
     elif out.exists() and any(out.iterdir()) and not overwrite and not (out / TOKENS_FILE).exists():
         raise StoreError(f"{out} exists and is not a feature store; choose an empty or new directory")
     out.mkdir(parents=True, exist_ok=True)
 
-    np_dtype, torch_dtype = DTYPES[dtype]
+    np_dtype = DTYPES[meta["dtype"]][0]
     token_shape, pre_shape = tuple(meta["shapes"]["tokens"]), tuple(meta["shapes"]["pre_logits"])
-    if done == 0:
+    count = token_shape[0]
+    if fresh:
         _remove_store(out)
         atomic_write_json(out / META_FILE, meta)  # first: from now on the directory says what it is for
-        tokens = open_memmap(out / TOKENS_FILE, mode="w+", dtype=np_dtype, shape=token_shape)
-        pre_logits = open_memmap(out / PRE_LOGITS_FILE, mode="w+", dtype=np_dtype, shape=pre_shape)
-        labels = open_memmap(out / LABELS_FILE, mode="w+", dtype=np.int64, shape=(count,))
+        for name, dtype, shape in ((TOKENS_FILE, np_dtype, token_shape), (PRE_LOGITS_FILE, np_dtype, pre_shape),
+                                   (LABELS_FILE, np.int64, (count,))):
+            array = open_memmap(out / name, mode="w+", dtype=dtype, shape=shape)
+            array.flush()
+            del array
         atomic_write_json(out / PROGRESS_FILE, {"done": 0})
-    else:
-        tokens = np.load(out / TOKENS_FILE, mmap_mode="r+")
-        pre_logits = np.load(out / PRE_LOGITS_FILE, mmap_mode="r+")
-        labels = np.load(out / LABELS_FILE, mmap_mode="r+")
-        if tokens.shape != token_shape or pre_logits.shape != pre_shape or labels.shape != (count,):
-            raise StoreError(
-                f"feature store {out} is corrupt (array shapes differ from meta.json); overwrite it"
-            )
+        return False
+    shapes = [np.load(out / name, mmap_mode="r").shape for name in (TOKENS_FILE, PRE_LOGITS_FILE, LABELS_FILE)]
+    if shapes != [token_shape, pre_shape, (count,)]:
+        raise StoreError(f"feature store {out} is corrupt (array shapes differ from meta.json); overwrite it")
+    return False
 
+
+class _RowFile:
+    """Whole rows of one `.npy` array written in place with `os.pwrite`, made durable with `fsync`.
+
+    Why not a writable memory map: ranks on several nodes write neighbouring rows of one file on a shared file
+    system; a memory map writes back whole pages (clobbering a neighbour's bytes at a shard boundary), while
+    `pwrite` writes exactly the rows' bytes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        array = np.load(path, mmap_mode="r")
+        self.offset = int(array.offset)
+        self.row_bytes = int(np.prod(array.shape[1:], dtype=np.int64)) * array.dtype.itemsize
+        self.dtype = array.dtype
+        del array
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, start: int, rows: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(rows, dtype=self.dtype)).cast("B")
+        offset = self.offset + start * self.row_bytes
+        while data:
+            written = os.pwrite(self.fd, data, offset)
+            data, offset = data[written:], offset + written
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _extract_rows(
+    tap: BackboneTap, dataset: Dataset, rows: range, done: int, files: list[_RowFile], progress_file: Path, *,
+    device: torch.device | str, precision: str, dtype: str, np_dtype: np.dtype, torch_dtype: torch.dtype,
+    token_shape: tuple[int, ...], batch_size: int, num_workers: int, chunk_size: int,
+    on_chunk: Callable[[int], None] | None, sharded: bool, bar: dict[str, Any],
+) -> int:
+    """Run the backbone over images [done, rows.stop) and write their rows; returns the position reached."""
+    tokens, pre_logits, labels = files
     loader = DataLoader(
-        Subset(dataset, range(done, count)),
+        Subset(dataset, range(done, rows.stop)),
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
@@ -194,14 +336,15 @@ def extract_features(
     )
 
     def commit(position: int) -> None:
-        for array in (tokens, pre_logits, labels):
-            array.flush()
-        atomic_write_json(out / PROGRESS_FILE, {"done": position})
+        for file in files:
+            file.sync()
+        record = {"start": rows.start, "done": position} if sharded else {"done": position}
+        atomic_write_json(progress_file, record)
         if on_chunk is not None:
             on_chunk(position)
 
-    # The backbone runs in this thread; copies into the memory maps and the flushes (disk writes) run in a
-    # writer thread, so they overlap with the next batch's forward. Both release the GIL.
+    # The backbone runs in this thread; the row writes and syncs (disk writes) run in a writer thread, so they
+    # overlap with the next batch's forward. Both release the GIL.
     pending: Queue = Queue(maxsize=2)
     failure: list[BaseException] = []
 
@@ -212,9 +355,9 @@ def extract_features(
                 continue  # drain: the main thread raises the failure
             start, stop, token_rows, pre_rows, label_rows = item
             try:
-                tokens[start:stop] = token_rows
-                pre_logits[start:stop] = pre_rows
-                labels[start:stop] = label_rows
+                tokens.write(start, token_rows)
+                pre_logits.write(start, pre_rows)
+                labels.write(start, label_rows)
                 if stop - last_commit >= chunk_size:
                     commit(stop)
                     last_commit = stop
@@ -225,9 +368,7 @@ def extract_features(
     writer.start()
     position = done
     try:
-        with tqdm(
-            total=count, initial=done, unit="img", desc=f"extract {out.name}", disable=not progress
-        ) as bar:
+        with tqdm(**bar) as progress_bar:
             for images, batch_labels in loader:
                 if failure:
                     break
@@ -261,17 +402,15 @@ def extract_features(
                     )
                 )
                 position = end
-                bar.update(batch)
+                progress_bar.update(batch)
     finally:
         pending.put(None)
         writer.join()
     if failure:
         raise failure[0]
-    if position != count:
-        raise StoreError(f"the dataset yielded {position} images but has length {count}")
-    commit(position)
-    atomic_write_json(out / COMPLETE_FILE, {"count": count, "weights_sha256": meta["weights_sha256"]})
-    return open_store(out, expect)
+    if position == rows.stop:
+        commit(position)
+    return position
 
 
 def clear_store(path: str | Path) -> None:

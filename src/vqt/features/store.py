@@ -13,7 +13,8 @@ Layout of a store directory::
     tokens.npy      (count, L, N, D) in the store dtype (bf16 kept as its raw uint16 bits)
     pre_logits.npy  (count, D) in the store dtype
     labels.npy      (count,) int64
-    progress.json   images written so far (extraction resumes from here)
+    progress.json   images written so far (extraction resumes from here); under torchrun each rank also keeps
+                    progress.rank<R>.json, the range of its own shard written so far
     COMPLETE        written atomically, last: only a store with this marker is ever opened for use
 
 A store is refused (`StoreError`, naming the field) when its metadata does not match what the caller expects;
@@ -145,6 +146,36 @@ def read_progress(path: str | Path) -> int:
         raise StoreError(f"{Path(path) / PROGRESS_FILE} is corrupt ({error})") from error
 
 
+RANK_PROGRESS_GLOB = "progress.rank*.json"
+
+
+def rank_progress_file(rank: int) -> str:
+    """Progress of one rank of a sharded (torchrun) extraction: {"start": first image, "done": end of its rows}."""
+    return f"progress.rank{rank}.json"
+
+
+def written_ranges(path: str | Path) -> list[tuple[int, int]]:
+    """Image ranges [start, stop) durably written: `progress.json`'s prefix and every rank's range."""
+    path = Path(path)
+    ranges = [(0, read_progress(path))]
+    for file in sorted(path.glob(RANK_PROGRESS_GLOB)):
+        try:
+            record = json.loads(file.read_text())
+            ranges.append((int(record["start"]), int(record["done"])))
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError) as error:
+            raise StoreError(f"{file} is corrupt ({error})") from error
+    return sorted((start, stop) for start, stop in ranges if stop > start)
+
+
+def written_count(path: str | Path) -> int:
+    """How many images the written ranges cover (they may overlap after a resume with another world size)."""
+    covered, end = 0, 0
+    for start, stop in written_ranges(path):
+        covered += max(0, stop - max(start, end))
+        end = max(end, stop)
+    return covered
+
+
 def is_complete(path: str | Path) -> bool:
     return (Path(path) / COMPLETE_FILE).is_file()
 
@@ -211,7 +242,7 @@ def open_store(path: str | Path, expect: Mapping[str, Any] | None = None) -> Fea
     meta = read_meta(path)
     if not is_complete(path):
         raise StoreError(
-            f"feature store {path} is incomplete ({read_progress(path)} of {meta.get('dataset', {}).get('count')} "
+            f"feature store {path} is incomplete ({written_count(path)} of {meta.get('dataset', {}).get('count')} "
             "images written): extraction was interrupted; rerun the extraction to resume it"
         )
     check_meta(meta, expect or {}, path)
