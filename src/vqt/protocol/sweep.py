@@ -40,9 +40,11 @@ from torch import nn
 
 from vqt.backbone.sources import create_backbone, describe
 from vqt.data.transforms import build_transform
+from vqt.distributed.claims import ClaimLost, Claims, check_exclusive_create, poll_interval
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.registry import get_method
+from vqt.precision import resolve_precision
 from vqt.protocol import tables, tensorboard
 from vqt.protocol.build import make_recipe, method_kwargs
 from vqt.protocol.compression import compress
@@ -77,6 +79,9 @@ from vqt.training.recipe import scaled_lr
 
 log = logging.getLogger("vqt.protocol")
 
+CLAIMS_DIR = "claims"  # <run>/claims/<task>/{grid,seeds}-<chunk>.<generation>.claim (vqt.distributed.claims)
+WORKED, WAITING = "worked", "waiting"  # what `Sweep.advance` did when it returns no task summary
+
 SWEEP_DEFAULTS: dict[str, Any] = {
     "backbone": "vit_base_patch16_224.orig_in21k",
     "data_root": None,
@@ -105,6 +110,8 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "overwrite": False,
     "overwrite_stores": False,
     "device": "auto",
+    "precision": "auto",  # resolved once per run for its device (vqt.precision); config.yaml records the result
+    "store_device": "auto",
     "num_workers": 0,
     "extract_batch": 64,
     "eval_batch": 64,
@@ -115,11 +122,10 @@ SWEEP_DEFAULTS: dict[str, Any] = {
 
 
 def resolve_device(name: str | None) -> torch.device:
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise VQTError(f"--device {name} asked for, but no CUDA device is available")
-    return torch.device(name)
+    """What --device means for this process (under torchrun: this rank's GPU, `vqt.distributed.context`)."""
+    from vqt.distributed.context import rank_device
+
+    return rank_device(name)
 
 
 def unit_name(config: GridConfig) -> str:
@@ -177,6 +183,7 @@ class Sweep:
         self.stopper = StopCounter()
         self.feature_cache: dict = {}
         self.datasets: dict[tuple[str, str], Any] = {}
+        self.logged: set[Path] = set()  # committed units already passed to TensorBoard by this worker
         if c["tensorboard"]:
             tensorboard.require()  # refused now, not after the first task
 
@@ -204,13 +211,16 @@ class Sweep:
         return float(spec)
 
     def store(self, task: str, split: str) -> FeatureStore:
+        """A split's feature store, extracted by one worker at a time (a claim beside it; others wait, then reuse)."""
         c = self.config
-        return task_store(
-            self.backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task, split=split,
-            transform=self.transform, transform_description=self.transform_description,
-            store_dir=self.store_dir, dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
-            num_workers=int(c["num_workers"]), progress=self.progress, overwrite=bool(c["overwrite_stores"]),
-        )
+        with self.claims.wait(self.store_dir / task / f".{split}"):
+            return task_store(
+                self.backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task, split=split,
+                transform=self.transform, transform_description=self.transform_description,
+                store_dir=self.store_dir, dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
+                num_workers=int(c["num_workers"]), progress=self.progress, overwrite=bool(c["overwrite_stores"]),
+                precision=c["precision"],
+            )
 
     def dataset(self, task: str, split: str) -> Any:
         """The images of a split (online methods), built once per task and split."""
@@ -232,27 +242,26 @@ class Sweep:
             return train_online_configs(
                 self.method, self.backbone, num_classes, kwargs, self.dataset(task, split), configs, recipe,
                 val_dataset=self.dataset(task, "val200") if validate else None,
-                num_workers=int(c["num_workers"]), progress=self.progress)
+                num_workers=int(c["num_workers"]), progress=self.progress, precision=c["precision"])
         return train_store_configs(
             self.method, self.backbone, num_classes, kwargs, self.store(task, split), configs, recipe,
             val_store=self.store(task, "val200") if validate else None, progress=self.progress,
-            feature_cache=self.feature_cache)
+            feature_cache=self.feature_cache, precision=c["precision"], store_device=c["store_device"])
 
     # ------------------------------------------------------------------ the protocol
 
     def run(self) -> dict[str, Any]:
         c = self.config
+        self.device = resolve_device(c["device"])
+        c["precision"] = resolve_precision(c["precision"], self.device)  # once per run; recorded in config.yaml
         self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
         started = time.time()
-        self.device = resolve_device(c["device"])
         self.backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
         self.transform, self.transform_description = build_transform(
             c["transform"], self.backbone, img_size=describe(self.backbone)["img_size"])
-        summaries = []
-        for task in self.tasks:
-            log.info("task %s (%s)", task.name, task.group)
-            summaries.append(self.run_task(task))
-            self.write_outputs(summaries, status="partial")
+        check_exclusive_create(self.run_dir.path / CLAIMS_DIR)  # claims must be atomic, or refuse in one line
+        with Claims() as self.claims:
+            summaries = self.work()
         summary = self.write_outputs(summaries, status="complete", seconds=time.time() - started)
         failed = [s for s in summaries if s["notes"]]
         if failed:
@@ -261,7 +270,54 @@ class Sweep:
                                    f"{self.run_dir.path / 'results.md'}, the other results are complete")
         return summary
 
-    def run_task(self, task: TaskSpec) -> dict[str, Any]:
+    def work(self) -> list[dict[str, Any]]:
+        """Until every task is summarised: do the first unit (in task order) that no live worker holds, then look
+        again; when every unit left is held by others (or waits for one that is), sleep and look again."""
+        reported = 0
+        while True:
+            summaries: list[dict[str, Any]] = []
+            worked = waiting = False
+            for task in self.tasks:
+                state = self.advance(task)
+                if state is WORKED:
+                    worked = True
+                    break
+                if state is WAITING:
+                    waiting = True
+                    continue
+                summaries.append(state)  # type: ignore[arg-type]
+                if not waiting and len(summaries) > reported and not self.run_dir.is_finished():
+                    reported = len(summaries)  # the leading finished tasks, as the table grows
+                    self.write_outputs(summaries, status="partial")
+            if worked:
+                continue
+            if not waiting:
+                return summaries
+            time.sleep(poll_interval(self.claims.stale))
+
+    def claim_base(self, task: str, unit: str) -> Path:
+        return self.run_dir.path / CLAIMS_DIR / task / unit
+
+    def committed(self, dirs: list[Path], tdir: Path) -> bool:
+        """Whether every unit of a chunk committed (each one seen committed is logged to TensorBoard once)."""
+        if not all(unit_done(d) for d in dirs):
+            return False
+        for d in dirs:
+            if d not in self.logged:
+                self.logged.add(d)
+                tensorboard.log_committed(self.config["tensorboard"], d.relative_to(tdir.parent), d / METRICS_FILE)
+        return True
+
+    def advance(self, task: TaskSpec) -> dict[str, Any] | str:
+        """Do one unit of `task` that is free (-> WORKED), or find all its free units waiting on ones other
+        workers hold (-> WAITING), or find it finished (-> its summary, written to tasks/<task>/summary.json)."""
+        try:
+            return self._advance(task)
+        except ClaimLost as lost:
+            log.warning("%s; leaving that unit to it", lost)
+            return WORKED
+
+    def _advance(self, task: TaskSpec) -> dict[str, Any] | str:
         c = self.config
         tdir = self.run_dir.path / "tasks" / task.name
         queries = self.queries_for(task)
@@ -273,25 +329,36 @@ class Sweep:
 
         # 1. the grid on train800, judged on val200 at the last epoch
         configs = grid_configs([float(x) for x in c["lrs"]], [float(x) for x in c["wds"]], [int(c["grid_seed"])])
-        for chunk in chunks(configs, self.chunk_size()):
+        pending = False
+        for index, chunk in enumerate(chunks(configs, self.chunk_size())):
             dirs = [tdir / "grid" / unit_name(cfg) for cfg in chunk]
-            if all(unit_done(d) for d in dirs):
-                for d in dirs:
-                    tensorboard.log_committed(c["tensorboard"], d.relative_to(tdir.parent), d / METRICS_FILE)
+            if self.committed(dirs, tdir):
                 continue
-            for d in dirs:
-                reset_unit(d)
-            trained = self.train_configs(task.name, "train800", chunk, num_classes, kwargs, recipe, validate=True)
-            for t, d in zip(trained, dirs, strict=True):
-                ident = {**base, "phase": "grid", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
-                         "seed": t.config.seed}
-                records = epoch_records(t, ident)
-                write_jsonl(d / METRICS_FILE, records)
-                tensorboard.log_unit(c["tensorboard"], d.relative_to(tdir.parent), records)
-                final_val = None if t.failed else t.history.final_val_accuracy
-                write_json(d / "result.json", {**ident, "status": "failed" if t.failed else "ok",
-                                               "failure": t.failed, "val_accuracy": final_val})
-                self.stopper.committed()  # a kill may land between two units of one chunk
+            claim = self.claims.claim(self.claim_base(task.name, f"grid-{index}"))
+            if claim is None:
+                pending = True  # a live worker trains it
+                continue
+            with claim:
+                if self.committed(dirs, tdir):  # finished by another worker between the look and the claim
+                    continue
+                log.info("task %s (%s): grid chunk %d", task.name, task.group, index)
+                for d in dirs:
+                    reset_unit(d)
+                trained = self.train_configs(task.name, "train800", chunk, num_classes, kwargs, recipe, validate=True)
+                for t, d in zip(trained, dirs, strict=True):
+                    ident = {**base, "phase": "grid", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
+                             "seed": t.config.seed}
+                    records = epoch_records(t, ident)
+                    write_jsonl(d / METRICS_FILE, records)
+                    tensorboard.log_unit(c["tensorboard"], d.relative_to(tdir.parent), records)
+                    final_val = None if t.failed else t.history.final_val_accuracy
+                    claim.check()  # not ours any more: leave the unit to the worker that took it over
+                    write_json(d / "result.json", {**ident, "status": "failed" if t.failed else "ok",
+                                                   "failure": t.failed, "val_accuracy": final_val})
+                    self.stopper.committed()  # a kill may land between two units of one chunk
+            return WORKED
+        if pending:
+            return WAITING  # the seeds need the grid's choice
         grid = [unit_done(tdir / "grid" / unit_name(cfg)) for cfg in configs]
         notes = [f"{sum(r['status'] == 'failed' for r in grid)} of {len(grid)} grid configurations failed "
                  "(non-finite loss)"] if any(r["status"] == "failed" for r in grid) else []
@@ -311,54 +378,67 @@ class Sweep:
         keep = self.keep_for(task)
         seeds = [GridConfig(best["lr"], best["weight_decay"], s) for s in range(int(c["seeds"]))]
         test_dataset = None
-        for chunk in chunks(seeds, self.chunk_size()):
+        pending = False
+        for index, chunk in enumerate(chunks(seeds, self.chunk_size())):
             dirs = [tdir / "final" / f"seed{cfg.seed}" for cfg in chunk]
-            if all(unit_done(d) for d in dirs):
-                for d in dirs:
-                    tensorboard.log_committed(c["tensorboard"], d.relative_to(tdir.parent), d / METRICS_FILE)
+            if self.committed(dirs, tdir):
                 continue
-            for d in dirs:
-                reset_unit(d)
-            trained = self.train_configs(task.name, "train800val200", chunk, num_classes, kwargs, recipe,
-                                         validate=False)
-            models = [t.model for t in trained if t.model is not None]
-            compressed: list[nn.Module] = []
-            if keep is not None:
-                trainval = self.store(task.name, "train800val200")
-                effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
-                compressed = [compress(m, trainval, keep_fraction=keep, lr=effective, weight_decay=best["weight_decay"],
-                                       epochs=recipe.epochs, group_lasso=float(c["group_lasso"]), seed=t.config.seed)
-                              for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]
-            if models and c["test_store"]:
-                accuracies = evaluate_store_models(models + compressed, self.store(task.name, "test"))
-            elif models:
-                if test_dataset is None:
-                    test_dataset = make_dataset(read_split(c["data_root"], task.name, "test"), self.transform)
-                accuracies = evaluate_images(models + compressed, test_dataset, batch_size=int(c["eval_batch"]),
-                                             num_workers=int(c["num_workers"]), progress=self.progress)
-            position = 0
-            for t, d in zip(trained, dirs, strict=True):
-                ident = {**base, "phase": "final", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
-                         "seed": t.config.seed}
-                records = epoch_records(t, ident)
-                result = {**ident, "status": "failed" if t.failed else "ok", "failure": t.failed,
-                          "test_accuracy": None, "compressed_test_accuracy": None, "keep": keep}
-                if t.model is not None:
-                    result["test_accuracy"] = accuracies[position]
-                    extra = {"task": task.name, "seed": t.config.seed, "lr": t.config.lr,
-                             "weight_decay": t.config.weight_decay}
-                    self.save(t.model, d / "adapter", kwargs, names, extra)
-                    if keep is not None:
-                        result["compressed_test_accuracy"] = accuracies[len(models) + position]
-                        self.save(compressed[position], d / "adapter-compressed", kwargs, names,
-                                  {**extra, "keep_fraction": keep})
-                    position += 1
-                records.append({**ident, "kind": "test", "test_accuracy": result["test_accuracy"],
-                                "compressed_test_accuracy": result["compressed_test_accuracy"]})
-                write_jsonl(d / METRICS_FILE, records)
-                tensorboard.log_unit(c["tensorboard"], d.relative_to(tdir.parent), records)
-                write_json(d / "result.json", result)
-                self.stopper.committed()
+            claim = self.claims.claim(self.claim_base(task.name, f"seeds-{index}"))
+            if claim is None:
+                pending = True
+                continue
+            with claim:
+                if self.committed(dirs, tdir):
+                    continue
+                log.info("task %s (%s): seed chunk %d", task.name, task.group, index)
+                for d in dirs:
+                    reset_unit(d)
+                trained = self.train_configs(task.name, "train800val200", chunk, num_classes, kwargs, recipe,
+                                             validate=False)
+                models = [t.model for t in trained if t.model is not None]
+                compressed: list[nn.Module] = []
+                if keep is not None:
+                    trainval = self.store(task.name, "train800val200")
+                    effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
+                    compressed = [compress(m, trainval, keep_fraction=keep, lr=effective, weight_decay=best["weight_decay"],
+                                           epochs=recipe.epochs, group_lasso=float(c["group_lasso"]), seed=t.config.seed)
+                                  for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]
+                if models and c["test_store"]:
+                    accuracies = evaluate_store_models(models + compressed, self.store(task.name, "test"),
+                                                       precision=c["precision"])
+                elif models:
+                    if test_dataset is None:
+                        test_dataset = make_dataset(read_split(c["data_root"], task.name, "test"), self.transform)
+                    accuracies = evaluate_images(models + compressed, test_dataset, batch_size=int(c["eval_batch"]),
+                                                 num_workers=int(c["num_workers"]), progress=self.progress,
+                                                 precision=c["precision"])
+                position = 0
+                for t, d in zip(trained, dirs, strict=True):
+                    ident = {**base, "phase": "final", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
+                             "seed": t.config.seed}
+                    records = epoch_records(t, ident)
+                    result = {**ident, "status": "failed" if t.failed else "ok", "failure": t.failed,
+                              "test_accuracy": None, "compressed_test_accuracy": None, "keep": keep}
+                    if t.model is not None:
+                        result["test_accuracy"] = accuracies[position]
+                        extra = {"task": task.name, "seed": t.config.seed, "lr": t.config.lr,
+                                 "weight_decay": t.config.weight_decay}
+                        self.save(t.model, d / "adapter", kwargs, names, extra)
+                        if keep is not None:
+                            result["compressed_test_accuracy"] = accuracies[len(models) + position]
+                            self.save(compressed[position], d / "adapter-compressed", kwargs, names,
+                                      {**extra, "keep_fraction": keep})
+                        position += 1
+                    records.append({**ident, "kind": "test", "test_accuracy": result["test_accuracy"],
+                                    "compressed_test_accuracy": result["compressed_test_accuracy"]})
+                    write_jsonl(d / METRICS_FILE, records)
+                    tensorboard.log_unit(c["tensorboard"], d.relative_to(tdir.parent), records)
+                    claim.check()
+                    write_json(d / "result.json", result)
+                    self.stopper.committed()
+            return WORKED
+        if pending:
+            return WAITING  # the task's summary needs every seed's test result
         finals = [unit_done(tdir / "final" / f"seed{cfg.seed}") for cfg in seeds]
         done = [r for r in finals if r["status"] == "ok"]
         if len(done) < len(finals):
@@ -395,6 +475,7 @@ class Sweep:
                 records.extend(read_jsonl(unit))
         write_jsonl(path / METRICS_FILE, records)
         summary = {"status": status, "method": self.method, "backbone": self.config["backbone"],
+                   "precision": self.config["precision"],
                    "transform": getattr(self, "transform_description", None), "rows": rows,
                    "group_means": tables.group_means(rows),
                    "compressed_group_means": tables.group_means(rows, "compressed_mean"),
