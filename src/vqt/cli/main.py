@@ -82,10 +82,6 @@ def run_command(args: argparse.Namespace, prefix: str = "") -> int:
             raise
         message = os_error_message(error) if isinstance(error, OSError) else str(error)
         print(f"vqt: error: {prefix}{message}", file=sys.stderr)
-        if prefix:  # torchrun's failure summary shows this rank's message as the root cause
-            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
-
-            ErrorHandler().record_exception(error)
         return 2
     except KeyboardInterrupt:
         print(f"vqt: {prefix}interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -179,13 +180,15 @@ def barrier(what: str, timeout: float | None = None) -> None:
     if not ctx.distributed:
         return
     seconds = timeout_seconds() if timeout is None else timeout
+    started = time.monotonic()
     try:
         dist.monitored_barrier(group=_coordination, timeout=timedelta(seconds=seconds), wait_all_ranks=True)
     except RuntimeError as error:
         raise DistributedError(
-            f"rank {ctx.rank} waited for all {ctx.world_size} ranks to reach {what!r}, in vain after at most "
-            f"{seconds:g} s ({_first_line(error)}): another rank failed (see its error) or is still working; "
-            f"raise {TIMEOUT_ENV} if it is only slow"
+            f"rank {ctx.rank} stopped waiting for all {ctx.world_size} ranks to reach {what!r} after "
+            f"{time.monotonic() - started:.0f} s (deadline {seconds:g} s; {_first_line(error)}): another rank "
+            f"failed (its error is printed above) or, past the deadline, is still working (raise {TIMEOUT_ENV} "
+            "if it is only slow)"
         ) from error
 
 
@@ -199,9 +202,9 @@ def all_gather_object(value: Any, what: str) -> list[Any]:
         dist.all_gather_object(gathered, value, group=_coordination)
     except RuntimeError as error:
         raise DistributedError(
-            f"rank {ctx.rank} could not exchange {what} with the other ranks within {timeout_seconds():g} s "
-            f"({_first_line(error)}): another rank failed (see its error) or is still working; raise "
-            f"{TIMEOUT_ENV} if it is only slow"
+            f"rank {ctx.rank} could not exchange {what} with the other ranks (deadline {timeout_seconds():g} s; "
+            f"{_first_line(error)}): another rank failed (its error is printed above) or, past the deadline, is "
+            f"still working (raise {TIMEOUT_ENV} if it is only slow)"
         ) from error
     return gathered
 
@@ -216,9 +219,9 @@ def broadcast_object(value: Any, what: str) -> Any:
         dist.broadcast_object_list(holder, src=0, group=_coordination)
     except RuntimeError as error:
         raise DistributedError(
-            f"rank {ctx.rank} did not receive {what} from rank 0 within {timeout_seconds():g} s "
-            f"({_first_line(error)}): rank 0 failed (see its error) or is still working; raise {TIMEOUT_ENV} "
-            "if it is only slow"
+            f"rank {ctx.rank} did not receive {what} from rank 0 (deadline {timeout_seconds():g} s; "
+            f"{_first_line(error)}): rank 0 failed (its error is printed above) or, past the deadline, is still "
+            f"working (raise {TIMEOUT_ENV} if it is only slow)"
         ) from error
     return holder[0]
 

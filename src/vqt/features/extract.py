@@ -211,7 +211,7 @@ def extract_features(
             np_dtype=np_dtype, torch_dtype=torch_dtype, token_shape=token_shape, batch_size=batch_size,
             num_workers=num_workers, chunk_size=chunk_size, on_chunk=on_chunk, sharded=sharded,
             bar=dict(total=len(rows), initial=done - rows.start, unit="img", disable=not progress_enabled(progress),
-                     desc=f"extract {out.name}" + (f" (rank 0's {len(rows)} of {count})" if sharded else "")),
+                     desc=f"extract {out.name}" + (f" (rank {ctx.rank}'s {len(rows)} of {count})" if sharded else "")),
         )
     except BaseException as error:
         if sharded:  # tell the others why their wait for this rank ends, then stop with this rank's own error
