@@ -57,26 +57,48 @@ def _phases(rank: int, root: Path) -> dict:
     backbone, seen = tiny_vit("plain_cls"), {}
 
     dataset = CountingDataset()
-    extract(backbone, dataset, root / "two")
+    extract(backbone, dataset, root / "two", shard=True)
     seen["reads_full"] = dataset.reads
 
     def stop_after_first_chunk(done: int) -> None:
         raise Interrupt(f"rank {rank} stopped at {done}")
 
     try:
-        extract(backbone, CountingDataset(), root / "killed", on_chunk=stop_after_first_chunk)
+        extract(backbone, CountingDataset(), root / "killed", on_chunk=stop_after_first_chunk, shard=True)
     except Interrupt as error:
         seen["killed"] = str(error)
     seen["progress_after_kill"] = json.loads((root / "killed" / rank_progress_file(rank)).read_text())
     context.barrier("the test's look at the killed store")
     resumed = CountingDataset()
-    extract(backbone, resumed, root / "killed")
+    extract(backbone, resumed, root / "killed", shard=True)
     seen["reads_resumed"] = resumed.reads
 
     try:
-        extract(backbone, Crashing(), root / "crashed")
+        extract(backbone, Crashing(), root / "crashed", shard=True)
     except Exception as error:  # noqa: BLE001 - reported to the test
         seen["crashed"] = f"{type(error).__name__}: {error}"
+
+    if rank == 1:  # shard=False: one rank alone, no collective (the others are elsewhere)
+        extract(backbone, CountingDataset(), root / "alone")
+    context.barrier("rank 1's own store")
+
+    from vqt.protocol.data import _on_rank_0
+
+    calls = []
+
+    def job():
+        calls.append(rank)
+        return extract(backbone, CountingDataset(), root / "by_rank_0")
+
+    seen["on_rank_0"] = [str(_on_rank_0(job, True, "the test's store").path), calls]
+
+    def refused():
+        raise StoreError("made for another request")
+
+    try:
+        _on_rank_0(refused, True, "the test's refusal")
+    except StoreError as error:
+        seen["refused"] = str(error)
     context.shutdown()
     return seen
 
@@ -154,3 +176,12 @@ def test_single_process_resumes_a_killed_two_rank_store(two_ranks, tmp_path: Pat
     assert dataset.reads == COUNT - 8
     reference = extract(tiny_vit("plain_cls"), CountingDataset(), tmp_path / "one")
     assert np.array_equal(store.tokens, reference.tokens)
+
+
+def test_unsharded_calls_and_rank_0_jobs(two_ranks, tmp_path: Path) -> None:
+    root, seen = two_ranks
+    reference = extract(tiny_vit("plain_cls"), CountingDataset(), tmp_path / "one")
+    assert open_store(root / "alone").tokens.tobytes() == reference.tokens.tobytes()
+    assert [record["on_rank_0"] for record in seen] == [[str(root / "by_rank_0"), [0]], [str(root / "by_rank_0"), []]]
+    assert seen[0]["refused"] == "made for another request"
+    assert seen[1]["refused"] == "rank 0 failed in the test's refusal: made for another request"

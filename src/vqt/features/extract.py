@@ -125,7 +125,7 @@ def extract_features(
     on_chunk: Callable[[int], None] | None = None,
     fingerprint: str | None = None,
     precision: str = "fp32",
-    shard: bool = True,
+    shard: bool = False,
 ) -> FeatureStore:
     """Extract (or resume, or reuse) the feature store of `dataset` under `out_dir`.
 
@@ -143,9 +143,10 @@ def extract_features(
             of a large backbone takes a moment; the protocol checks several stores against one backbone).
         precision: compute precision of the backbone pass, 'fp32' or 'bf16' (`torch.autocast`; 'auto' is
             resolved for `device` by `vqt.precision.resolve_precision`); recorded in the metadata and compared.
-        shard: under torchrun (`vqt.distributed.context`), split the images across the ranks, which must all
-            call this; each rank writes its own rows of the one store, rank 0 the metadata and the completion
-            marker (docs/distributed.md). False: this process alone extracts the whole store.
+        shard: every rank of a torchrun launch (`vqt.distributed.context`) calls this together: the images are
+            split across them, each rank writes its own rows of the one store, rank 0 the metadata and the
+            completion marker (docs/distributed.md). False (default, or outside torchrun): this process alone
+            extracts the whole store.
 
     Returns:
         The complete store, opened and checked. An existing complete store of the same request is reused as is;

@@ -18,7 +18,8 @@ from vqt.backbone.sources import weights_fingerprint
 from vqt.data.dataset import ImageListDataset
 from vqt.data.lists import ImageList, read_vtab_split
 from vqt.data.registry import SPLITS, TASKS, find_task, resolve_tasks
-from vqt.errors import DataError, StoreError
+from vqt.distributed.context import broadcast_object, current
+from vqt.errors import DataError, StoreError, os_error_message
 from vqt.features import FeatureStore, extract_features, is_complete, open_store
 from vqt.features.assemble import assemble_store
 from vqt.features.extract import request_meta
@@ -117,24 +118,30 @@ def task_store(
     out: str | Path | None = None,
     overwrite_hint: str = "pass --overwrite-stores to replace it, or use another --store-dir",
     precision: str = "fp32",
+    shard: bool = False,
 ) -> FeatureStore:
     """The feature store of one split: reused when it matches, resumed when half-written, extracted otherwise.
 
     Every store this opens — the split's own, or the train800 and val200 stores train800val200 is assembled
     from — is checked against this request (backbone, weights, transform, dtype, compute precision of the
     backbone pass ('fp32' or 'bf16', resolved), list and image files).
+
+    `shard`: every rank of a torchrun launch calls this together; the extraction is split across them
+    (`extract_features(shard=True)`) and an assembly of train800val200 runs on rank 0 while the others wait.
     """
     images = read_split(data_root, task, split)
     out = Path(out) if out is not None else Path(store_dir) / task / split
     request = StoreRequest(backbone, backbone_spec, transform_description, dtype, precision)
     try:
-        if split == "train800val200" and store_dir is not None and not is_complete(out):
-            assembled = _assemble_from_parts(images, out, data_root, task, Path(store_dir) / task, request,
-                                             overwrite)
+        if split == "train800val200" and store_dir is not None:
+            assembled = _on_rank_0(
+                lambda: None if is_complete(out) else _assemble_from_parts(
+                    images, out, data_root, task, Path(store_dir) / task, request, overwrite),
+                shard, f"the assembly of feature store {out}")
             if assembled is not None:
                 return assembled
         return _extract(backbone, images, out, backbone_spec, task, split, transform, transform_description, dtype,
-                        batch_size, num_workers, progress, overwrite, request.fingerprint, precision)
+                        batch_size, num_workers, progress, overwrite, request.fingerprint, precision, shard)
     except StoreError as error:
         raise StoreError(str(error).replace("(or pass overwrite=True to replace it)", f"({overwrite_hint})")
                          ) from error
@@ -188,7 +195,7 @@ def _assemble_from_parts(
 def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: str, task: str, split: str,
              transform: Callable[[Any], Any], transform_description: Mapping[str, Any], dtype: str,
              batch_size: int, num_workers: int, progress: bool, overwrite: bool, fingerprint: str,
-             precision: str = "fp32") -> FeatureStore:
+             precision: str = "fp32", shard: bool = False) -> FeatureStore:
     return extract_features(
         backbone,
         make_dataset(images, transform),
@@ -203,7 +210,32 @@ def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: s
         overwrite=overwrite,
         fingerprint=fingerprint,
         precision=precision,
+        shard=shard,
     )
+
+
+def _on_rank_0(job: Callable[[], FeatureStore | None], together: bool, what: str) -> FeatureStore | None:
+    """`job()`; when every rank of a torchrun launch calls this `together`, on rank 0 only: the others wait
+    for its outcome and open the store it made (or raise its error)."""
+    ctx = current()
+    if not (together and ctx.distributed):
+        return job()
+    result, failed = None, None
+    if ctx.is_main:
+        try:
+            result = job()
+        except (StoreError, OSError) as error:
+            failed = error
+    path, message = broadcast_object(
+        (None if result is None else str(result.path),
+         None if failed is None else (os_error_message(failed) if isinstance(failed, OSError) else str(failed))),
+        what,
+    )
+    if failed is not None:
+        raise failed
+    if message is not None:
+        raise StoreError(f"rank 0 failed in {what}: {message}")
+    return result if ctx.is_main or path is None else open_store(path)
 
 
 def known_task(name: str) -> bool:
