@@ -7,32 +7,38 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vqt.features import FeatureStore
+from vqt.precision import autocast
 from vqt.training.cached import store_batches, tap_to
 
 
 @torch.no_grad()
-def store_features(model: nn.Module, store: FeatureStore, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """The head's input for every image of a store (eval mode: no query dropout), and the labels."""
+def store_features(model: nn.Module, store: FeatureStore, batch_size: int = 256, precision: str = "fp32"
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's input for every image of a store (eval mode: no query dropout), and the labels.
+
+    `precision` 'bf16' computes them under autocast (as a bf16 run trains); they are returned in fp32."""
     model.eval()
     device = model.head.weight.device
     order = [np.arange(s, min(s + batch_size, len(store))) for s in range(0, len(store), batch_size)]
     features, labels = [], []
     for tapped, batch_labels in store_batches(store, order):
-        features.append(model.features_from(tap_to(tapped, device)).float())
+        with autocast(precision, device):
+            batch_features = model.features_from(tap_to(tapped, device))
+        features.append(batch_features.float())
         labels.append(batch_labels)
     return torch.cat(features), torch.cat(labels).to(device)
 
 
 @torch.no_grad()
-def evaluate_store_models(models: Sequence[nn.Module], store: FeatureStore) -> list[float]:
+def evaluate_store_models(models: Sequence[nn.Module], store: FeatureStore, precision: str = "fp32") -> list[float]:
     """Accuracy of store-trainable models on a split's feature store (no backbone pass)."""
     accuracies = []
     for model in models:
-        features, labels = store_features(model, store)
+        features, labels = store_features(model, store, precision=precision)
         accuracies.append(float((model.head(features).argmax(-1) == labels).double().mean()))
     return accuracies
 
@@ -40,14 +46,31 @@ def evaluate_store_models(models: Sequence[nn.Module], store: FeatureStore) -> l
 @torch.no_grad()
 def evaluate_images(
     models: Sequence[nn.Module], dataset: Dataset, *, batch_size: int = 64, num_workers: int = 0,
-    progress: bool = False,
+    progress: bool = False, precision: str = "fp32", distributed: bool | None = None,
 ) -> list[float]:
-    """Accuracy of each model on a dataset of (image, label). Store methods share one backbone pass per batch."""
+    """Accuracy of each model on a dataset of (image, label). Store methods share one backbone pass per batch.
+
+    `precision` 'bf16' runs the forward passes under autocast, as a bf16 run trains. `distributed` (None: when a
+    process group of several ranks is initialised; the sweep passes False, its ranks evaluate different units):
+    each rank evaluates its contiguous shard and the correct counts are all-reduced, so every rank returns the
+    accuracies over the whole dataset."""
+    import inspect
+
+    from vqt.distributed.ddp import all_reduce_sum, shard, use_ddp, world
     from vqt.training import evaluate_streaming
 
+    if use_ddp(distributed):
+        part = shard(len(dataset), *world())  # type: ignore[arg-type]
+        accuracies = evaluate_images(models, Subset(dataset, part), batch_size=batch_size, num_workers=num_workers,
+                                     progress=progress, precision=precision, distributed=False)
+        counts = all_reduce_sum([round(a * len(part)) for a in accuracies] + [len(part)],
+                                models[0].head.weight.device)
+        return [c / max(1.0, counts[-1]) for c in counts[:-1]]
+
     if all(hasattr(m, "tap") and hasattr(m, "features_from") for m in models):
+        wanted = {"precision": precision} if "precision" in inspect.signature(evaluate_streaming).parameters else {}
         return evaluate_streaming(list(models), dataset, batch_size=batch_size, num_workers=num_workers,
-                                  progress=progress).accuracies
+                                  progress=progress, **wanted).accuracies
     correct = [0] * len(models)
     count = 0
     for model in models:
@@ -56,7 +79,9 @@ def evaluate_images(
     for images, labels in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
         for index, model in enumerate(models):
             device = model.head.weight.device
-            correct[index] += int((model(images.to(device)).argmax(-1).cpu() == labels).sum())
+            with autocast(precision, device):
+                logits = model(images.to(device))
+            correct[index] += int((logits.argmax(-1).cpu() == labels).sum())
         count += len(labels)
     return [c / max(1, count) for c in correct]
 

@@ -5,12 +5,18 @@ Head2Toe only train a head on features that do not change, so their features are
 the head is trained with the same recipe (Adam, coupled decay, warm-up + cosine per epoch, same batch order).
 Feature-adapting methods train online with a plain loop. Any configuration whose loss becomes NaN/inf is stopped
 and marked failed; the others go on.
+
+`precision` is the run's resolved compute precision ('fp32' or 'bf16', `vqt.precision`): VQT hands it to its
+trainers, the online loop runs its forward under `vqt.precision.autocast`; the head-only methods train their head
+on fixed fp32 features. `store_device` ('auto', 'cpu', 'cuda') says where a VQT training store is held
+(`vqt.training.feeding.resolve_store_device` decides 'auto' from the store's size and the free GPU memory).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,14 +26,31 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from vqt.distributed.ddp import fit_ddp, use_ddp, world
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
-from vqt.methods.vqt import VQT
+from vqt.methods.vqt import VQT, seeded_embed_dropout
+from vqt.precision import autocast
 from vqt.protocol.build import HEAD_METHODS, build_model
 from vqt.protocol.evaluation import evaluate_images, store_features
 from vqt.training import GridConfig, History, Recipe, train_grid, train_online
 from vqt.training.cached import fit_epochs, image_batches
-from vqt.training.recipe import make_optimizer
+from vqt.training.recipe import make_optimizer, seeded_query_dropout
+
+
+def _supported(function: Callable, **wanted: object) -> dict[str, object]:
+    """The keyword arguments of `wanted` that `function` takes (the trainers gain precision/store_device)."""
+    parameters = inspect.signature(function).parameters
+    return {name: value for name, value in wanted.items() if name in parameters}
+
+
+def _store_device(choice: str, stores: Sequence[FeatureStore | None], device: torch.device) -> str:
+    """'cpu' or 'cuda' for the stores a VQT training reads ('auto': decided from their size and free memory)."""
+    try:
+        from vqt.training.feeding import resolve_store_device, store_nbytes
+    except ImportError:  # the trainers before store placement: the store stays in host memory
+        return "cpu"
+    return resolve_store_device(choice, sum(store_nbytes(store) for store in stores if store is not None), device)
 
 
 def non_finite(history: History) -> bool:
@@ -86,12 +109,16 @@ def train_store_configs(
     val_store: FeatureStore | None = None,
     progress: bool = False,
     feature_cache: dict | None = None,
+    precision: str = "fp32",
+    store_device: str = "cpu",
 ) -> list[Trained]:
     """Train every configuration from the store. VQT: one `train_grid` pass; head methods: fixed features."""
     device = next(backbone.parameters()).device
     if method == "vqt":
         template = build_model(method, backbone, num_classes, kwargs, 0).to(device)
-        result = train_grid(template, train_store, configs, recipe, val_store=val_store, progress=progress)
+        placement = _store_device(store_device, [train_store, val_store], device)
+        result = train_grid(template, train_store, configs, recipe, val_store=val_store, progress=progress,
+                            **_supported(train_grid, precision=precision, store_device=placement))
         trained = []
         for index, (config, history) in enumerate(zip(result.configs, result.histories, strict=True)):
             if non_finite(history):
@@ -130,19 +157,53 @@ def fit_online(
     val_dataset: Dataset | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    precision: str = "fp32",
+    distributed: bool | None = None,
 ) -> History:
-    """Train any method from images (VQT: `train_online`; others: a plain loop with the same recipe)."""
+    """Train any method from images (VQT: `train_online`; others: a plain loop with the same recipe).
+
+    bf16: the forward runs under autocast; the logits are cast to fp32 before the loss (as VQT's trainers do).
+    `distributed` (None: when a process group of several ranks is initialised; False: this process alone, as the
+    sweep's units train): `DistributedDataParallel` over the ranks with the recipe's global batch and order, each
+    rank a contiguous slice of every batch (`vqt.distributed.ddp`), validation sharded.
+    """
+    if use_ddp(distributed):
+        return _fit_online_ddp(model, dataset, recipe, val_dataset=val_dataset, num_workers=num_workers,
+                               progress=progress, precision=precision)
     if isinstance(model, VQT):
         return train_online(model, dataset, recipe, val_dataset=val_dataset, num_workers=num_workers,
-                            progress=progress)
+                            progress=progress, **_supported(train_online, precision=precision))
     device = model.head.weight.device
+
+    def loss_of(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with autocast(precision, device):
+            logits = model(images.to(device))
+        return F.cross_entropy(logits.float(), labels.to(device))
+
     return fit_epochs(
         model, make_optimizer(model, recipe), recipe, len(dataset),  # type: ignore[arg-type]
         lambda index_batches: image_batches(dataset, index_batches, num_workers),
-        lambda images, labels: F.cross_entropy(model(images.to(device)), labels.to(device)),
-        (lambda: evaluate_images([model], val_dataset)[0]) if val_dataset is not None else None,
+        loss_of,
+        (lambda: evaluate_images([model], val_dataset, precision=precision, distributed=False)[0])
+        if val_dataset is not None else None,
         progress=progress,
     )
+
+
+def _fit_online_ddp(model: nn.Module, dataset: Dataset, recipe: Recipe, *, val_dataset: Dataset | None,
+                    num_workers: int, progress: bool, precision: str) -> History:
+    """`fit_online` over the ranks: the same loss, recipe and (VQT) seeded query-dropout masks as one process."""
+    rank, _ = world()
+    if rank:  # adapters' own dropout: a stream of its own per rank (rank 0 keeps the configuration's)
+        torch.manual_seed(torch.initial_seed() + 1_000_003 * rank)
+    validate = ((lambda: evaluate_images([model], val_dataset, precision=precision, distributed=True)[0])
+                if val_dataset is not None else None)
+    if isinstance(model, VQT):
+        with seeded_query_dropout(model, recipe.seed), seeded_embed_dropout(model, recipe.seed):
+            return fit_ddp(model, dataset, recipe, validate=validate, num_workers=num_workers, progress=progress,
+                           precision=precision, stop_on_non_finite=False)
+    return fit_ddp(model, dataset, recipe, validate=validate, num_workers=num_workers, progress=progress,
+                   precision=precision)
 
 
 def train_online_configs(
@@ -157,6 +218,8 @@ def train_online_configs(
     val_dataset: Dataset | None = None,
     num_workers: int = 0,
     progress: bool = False,
+    precision: str = "fp32",
+    distributed: bool | None = None,
 ) -> list[Trained]:
     """Train every configuration from images, one at a time (`fit_online`); same result type as
     `train_store_configs`.
@@ -174,7 +237,8 @@ def train_online_configs(
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(config.seed)  # dropout inside adapters/backbone draws from the global stream
             history = fit_online(model, train_dataset, config_recipe, val_dataset=val_dataset,
-                                 num_workers=num_workers, progress=progress)
+                                 num_workers=num_workers, progress=progress, precision=precision,
+                                 distributed=distributed)
         failed = _failure(history) if non_finite(history) else None
         trained.append(Trained(config, history, None if failed else model.eval(), failed))
     return trained

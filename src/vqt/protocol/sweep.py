@@ -242,7 +242,8 @@ class Sweep:
             return train_online_configs(
                 self.method, self.backbone, num_classes, kwargs, self.dataset(task, split), configs, recipe,
                 val_dataset=self.dataset(task, "val200") if validate else None,
-                num_workers=int(c["num_workers"]), progress=self.progress, precision=c["precision"])
+                num_workers=int(c["num_workers"]), progress=self.progress, precision=c["precision"],
+                distributed=False)  # ranks train different units (the claims), each alone
         return train_store_configs(
             self.method, self.backbone, num_classes, kwargs, self.store(task, split), configs, recipe,
             val_store=self.store(task, "val200") if validate else None, progress=self.progress,
@@ -411,7 +412,7 @@ class Sweep:
                         test_dataset = make_dataset(read_split(c["data_root"], task.name, "test"), self.transform)
                     accuracies = evaluate_images(models + compressed, test_dataset, batch_size=int(c["eval_batch"]),
                                                  num_workers=int(c["num_workers"]), progress=self.progress,
-                                                 precision=c["precision"])
+                                                 precision=c["precision"], distributed=False)
                 position = 0
                 for t, d in zip(trained, dirs, strict=True):
                     ident = {**base, "phase": "final", "lr": t.config.lr, "weight_decay": t.config.weight_decay,

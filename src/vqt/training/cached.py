@@ -95,12 +95,14 @@ def fit_epochs(
     *,
     progress: bool = False,
     stop_on_non_finite: bool = True,
+    epoch_loss: Callable[[float, int], float] | None = None,
 ) -> History:
     """The one training loop: the recipe's per-epoch lr, its batch order, mean loss and validation per epoch.
 
     `trained` is put in train mode every epoch (its caller's `validate` may switch it to eval) and in eval mode at
     the end; `make_batches` turns an epoch's index batches into (inputs, labels); `loss_of` gives a batch's loss.
     With `stop_on_non_finite` a NaN/inf epoch loss ends training (the caller marks the run failed).
+    `epoch_loss(total, seen)` gives the epoch's recorded loss (default total / seen; DDP: the mean over all ranks).
     """
     generator = order_generator(recipe.order_seed)
     history = History()
@@ -119,7 +121,7 @@ def fit_epochs(
             total = total + loss.detach().double() * len(labels)  # on the loss's device: no sync per batch
             seen += len(labels)
         history.lr.append(lr)
-        history.train_loss.append(float(total) / max(1, seen))
+        history.train_loss.append(epoch_loss(float(total), seen) if epoch_loss else float(total) / max(1, seen))
         if stop_on_non_finite and not math.isfinite(history.train_loss[-1]):
             break
         last = epoch == recipe.epochs - 1
