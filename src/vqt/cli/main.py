@@ -23,6 +23,10 @@ from vqt.errors import VQTError, os_error_message
 COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "push", "extract", "viz", "report", "compare")
 
 
+# Commands whose ranks share the work under torchrun (docs/distributed.md); the others run on rank 0 alone.
+SHARED_COMMANDS = frozenset({"extract", "train", "sweep", "eval"})
+
+
 def version_line() -> str:
     import vqt
 
@@ -102,6 +106,12 @@ def run_distributed(args: argparse.Namespace, argv: list[str]) -> int:
             raise
         print(f"vqt: error: {context.log_prefix()}{error}", file=sys.stderr)
         return 2
+    if args.command not in SHARED_COMMANDS and ctx.distributed:  # nothing to share: rank 0 runs it alone
+        context.shutdown()
+        if not ctx.is_main:
+            logging.getLogger("vqt.cli").info("`vqt %s` does not use several processes: rank 0 runs it", args.command)
+            return 0
+        return run_command(args)
     if not ctx.is_main:  # one progress bar, one table: rank 0's
         if hasattr(args, "no_progress"):
             args.no_progress = True
