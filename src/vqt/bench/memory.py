@@ -2,7 +2,8 @@
 
 `SavedActivations` uses `torch.autograd.graph.saved_tensors_hooks` to see every tensor autograd keeps for
 backward, counts each storage once, and leaves out parameters and buffers (they exist anyway), so the number is
-the activation memory a method adds per step. Peak memory is the CUDA allocator's peak on a GPU and the process'
+the activation memory a method adds per step. Under bf16 autocast the weights' bf16 copies that autograd keeps are
+also counted, and reported apart (`cast_bytes`): they are a per-step constant, not a per-image cost. Peak memory is the CUDA allocator's peak on a GPU and the process'
 peak RSS on the CPU, measured in a fresh process per case so one case's peak cannot hide another's.
 """
 
@@ -19,14 +20,23 @@ from torch import nn
 
 
 class SavedActivations:
-    """Context manager: total bytes of distinct non-parameter storages saved for backward inside it."""
+    """Context manager: total bytes of distinct non-parameter storages saved for backward inside it.
+
+    `cast_bytes`: the part of `bytes` that is low-precision copies of the parameters (autocast's weight casts),
+    recognised by shape and value (`torch.equal` with the parameter cast to the copy's dtype; transposed too).
+    """
 
     def __init__(self, modules: Iterable[nn.Module] = ()) -> None:
         self._excluded: set[int] = set()
+        self._by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
         for module in modules:
             for tensor in [*module.parameters(), *module.buffers()]:
                 self._excluded.add(tensor.untyped_storage().data_ptr())
+            for parameter in module.parameters():
+                if parameter.is_floating_point():
+                    self._by_shape.setdefault(tuple(parameter.shape), []).append(parameter)
         self._seen: dict[int, int] = {}
+        self._casts: set[int] = set()
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda saved: saved)
 
     def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -34,11 +44,27 @@ class SavedActivations:
         pointer = storage.data_ptr()
         if pointer not in self._excluded:
             self._seen[pointer] = max(self._seen.get(pointer, 0), storage.nbytes())
+            if pointer not in self._casts and self._is_cast(tensor):
+                self._casts.add(pointer)
         return tensor
+
+    def _is_cast(self, tensor: torch.Tensor) -> bool:
+        if tensor.dtype not in (torch.bfloat16, torch.float16):
+            return False
+        views = [tensor.detach()]
+        if tensor.dim() == 2:
+            views.append(tensor.detach().t())  # a linear layer saves its weight transposed
+        with torch.no_grad():
+            return any(p.dtype != view.dtype and torch.equal(p.detach().to(view.dtype), view)
+                       for view in views for p in self._by_shape.get(tuple(view.shape), ()))
 
     @property
     def bytes(self) -> int:
         return sum(self._seen.values())
+
+    @property
+    def cast_bytes(self) -> int:
+        return sum(self._seen[pointer] for pointer in self._casts)
 
     def __enter__(self) -> SavedActivations:
         self._hooks.__enter__()

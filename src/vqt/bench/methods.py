@@ -5,6 +5,7 @@ build the backbone and method, one training step (forward, backward, AdamW step)
 autograd saves for backward, then `steps` timed steps. Peak memory is the CUDA allocator's peak on a GPU and the
 process' peak RSS on the CPU (whole process: Python, torch, weights), plus the increase over the RSS measured just
 before the first step (what training adds). `vqt bench memory` and `benchmarks/methods_memory.py` call this.
+With precision 'bf16' each step's forward runs under `vqt.precision.autocast` (weights and AdamW state stay fp32).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 import torch
 
 from vqt.bench.memory import SavedActivations, current_rss_bytes, peak_rss_bytes, reset_peak_rss, run_isolated
+from vqt.precision import autocast
 
 MiB = 2**20
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -50,8 +52,9 @@ def measure_method(
     device: str,
     num_classes: int = 100,
     method_kwargs: Mapping[str, Any] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
-    """One method's numbers; meant to run in its own process (see `measure_all`)."""
+    """One method's numbers; meant to run in its own process (see `measure_all`). `precision`: 'fp32' or 'bf16'."""
     from vqt.backbone.sources import create_backbone
     from vqt.methods.registry import create_method, get_method
 
@@ -63,13 +66,14 @@ def measure_method(
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
 
-    def step() -> int:
+    def step() -> tuple[int, int]:
         optimizer.zero_grad(set_to_none=True)
-        with SavedActivations([model]) as saved:
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        with SavedActivations([model]) as saved, autocast(precision, device):
+            logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
         loss.backward()
         optimizer.step()
-        return saved.bytes
+        return saved.bytes - saved.cast_bytes, saved.cast_bytes
 
     cuda = device.startswith("cuda")
     if cuda:
@@ -80,7 +84,7 @@ def measure_method(
         reset_peak_rss()  # the peak of this step, not of loading the backbone
         before = current_rss_bytes()
     start = time.perf_counter()
-    saved = step()
+    saved, casts = step()
     if cuda:
         torch.cuda.synchronize()
     first = time.perf_counter() - start
@@ -94,9 +98,11 @@ def measure_method(
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
     return {
         "method": method,
+        "precision": precision,
         "store_trainable": get_method(method).store_trainable,
         "trainable_params": sum(p.numel() for p in trainable),
         "saved_mib_per_sample": saved / MiB / batch,
+        "weight_casts_mib": casts / MiB,  # bf16: the weights' bf16 copies autograd keeps, once per step
         "peak_mib": peak / MiB,
         "step_increase_mib": (peak - before) / MiB,
         "step_s": statistics.median(times) if times else first,
@@ -113,12 +119,14 @@ def measure_all(
     device: str = "cpu",
     num_classes: int = 100,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> list[dict[str, Any]]:
     """`measure_method` for each method, each in a fresh process; a failing method is reported, not fatal."""
     rows = []
     for method in methods:
         try:
-            row = run_isolated(measure_method, method, backbone, batch, img_size, steps, device, num_classes)
+            row = run_isolated(measure_method, method, backbone, batch, img_size, steps, device, num_classes, None,
+                               precision)
         except RuntimeError as error:
             row = {"method": method, "error": str(error)}
         rows.append(row)
@@ -159,14 +167,15 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], device: str) -> str:
     return "\n".join(lines)
 
 
-def header(backbone: str, batch: int, img_size: int, device: str, steps: int) -> str:
+def header(backbone: str, batch: int, img_size: int, device: str, steps: int, precision: str = "fp32") -> str:
     timing = (
         f"median of {steps} timed step(s) after one measured step"
         if steps
         else "the single measured step (first step of a fresh process: includes allocation warm-up, so an upper bound)"
     )
     return (
-        f"Backbone `{backbone}`, batch {batch}, {img_size}x{img_size} px, fp32; device: {device_description(device)}; "
+        f"Backbone `{backbone}`, batch {batch}, {img_size}x{img_size} px, {precision}; "
+        f"device: {device_description(device)}; "
         f"torch {torch.__version__}; {date.today().isoformat()}; step time = {timing}."
     )
 

@@ -31,6 +31,9 @@ def add_memory_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS), help="registry names to measure")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (measured) step")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="compute precision of each step's forward: bf16 runs it under torch.autocast (weights "
+                        "and optimiser state stay fp32); auto: bf16 on a CUDA device that supports it, else fp32")
     parser.add_argument("--num-classes", type=int, default=100, help="head size")
     parser.add_argument("--out", type=Path, default=None, help="write the Markdown table (with the command) here")
     parser.add_argument("--json", type=Path, default=None, help="write the raw rows here")
@@ -59,6 +62,7 @@ def run_memory(args: argparse.Namespace, command: str | None = None) -> int:
     from vqt.backbone.sources import create_backbone
     from vqt.bench.methods import header, load_accuracies, markdown_table, measure_all, scatter_plot
     from vqt.methods.registry import get_method
+    from vqt.precision import resolve_precision
 
     for name in args.methods:
         get_method(name)  # unknown names fail before any measuring
@@ -67,25 +71,28 @@ def run_memory(args: argparse.Namespace, command: str | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise VQTError("--device cuda asked for, but no CUDA device is available")
+    precision = resolve_precision(getattr(args, "precision", "fp32"), device)
     # Build it once here (CPU, then dropped) so an unknown or unloadable backbone is one error, not every method's.
     create_backbone(args.backbone, img_size=args.img_size)
-    rows = measure_all(args.methods, args.backbone, args.batch, args.img_size, args.steps, device, args.num_classes)
+    rows = measure_all(args.methods, args.backbone, args.batch, args.img_size, args.steps, device, args.num_classes,
+                       precision=precision)
     command = command or "vqt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    text = "\n".join([header(args.backbone, args.batch, args.img_size, device, args.steps), "",
+    text = "\n".join([header(args.backbone, args.batch, args.img_size, device, args.steps, precision), "",
                       markdown_table(rows, device)])
     print("\n" + text)
     if args.out:
         notes = (
             "Peak memory is the whole process (Python, torch, the backbone's weights, AdamW state); 'step increase' is "
             "the peak minus the memory just before the first step; 'saved MiB/sample' counts the distinct tensors "
-            "autograd keeps for backward (parameters excluded)."
+            "autograd keeps for backward (parameters excluded; under bf16 also the weights' bf16 copies, a per-step "
+            "constant reported as weight_casts_mib in --json)."
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(f"Command: `{command}`\n\n{notes}\n\n{text}\n")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"backbone": args.backbone, "batch": args.batch, "img_size": args.img_size,
-                                         "device": device, "rows": rows}, indent=2))
+                                         "device": device, "precision": precision, "rows": rows}, indent=2))
     if args.accuracies is not None:
         plot = args.plot or (args.out.with_suffix(".png") if args.out else Path("accuracy_vs_memory.png"))
         drawn = scatter_plot(rows, load_accuracies(args.accuracies), plot,

@@ -23,6 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "5x4 grid, 100 epochs, 5 seeds, registry Q): hours on a CPU, meant for a GPU")
     parser.add_argument("--backbone", default="offline:dinov2_s14", help="backbone spelling")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="compute precision of extraction, training and the memory measurement: bf16 runs the "
+                        "backbone and query path under torch.autocast; auto: bf16 on a CUDA device that supports "
+                        "it, fp32 elsewhere")
+    parser.add_argument("--store-device", default="auto", choices=("auto", "cpu", "cuda"),
+                        help="where the sweeps hold a training store: cuda (GPU memory), cpu, or auto (cuda when "
+                        "the device is CUDA and the store fits)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(func=run)
 
@@ -30,5 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vqt.protocol.demo import run_demo
 
-    run_demo(args.out, full=args.full, backbone=args.backbone, device=args.device, progress=not args.no_progress)
+    run_demo(args.out, full=args.full, backbone=args.backbone, device=args.device, progress=not args.no_progress,
+             precision=args.precision, store_device=args.store_device)
     return 0

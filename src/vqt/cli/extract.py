@@ -1,10 +1,13 @@
-"""`vqt extract`: the feature store of one split (per-block tokens and pre-logits), resumable, checked on reuse."""
+"""`vqt extract`: the feature store of one split (per-block tokens and pre-logits), resumable, checked on reuse.
+
+Under `torchrun` the images are split across the ranks, each writing its own rows of the one store
+(docs/distributed.md)."""
 
 from __future__ import annotations
 
 import argparse
 
-from vqt.protocol.config import Option, add_options, resolve
+from vqt.protocol.config import PRECISION_CHOICES, Option, add_options, resolve
 
 OPTIONS = (
     Option("--backbone", "vit_base_patch16_224.orig_in21k", "backbone spelling"),
@@ -21,6 +24,10 @@ OPTIONS = (
     Option("--batch-size", 64, "images per backbone pass", type=int),
     Option("--num-workers", 0, "image-decoding worker processes", type=int),
     Option("--device", "auto", "cpu, cuda or auto"),
+    Option("--precision", "auto", "compute precision of the backbone pass: bf16 runs it under torch.autocast; "
+           "auto: bf16 on a CUDA device that supports it, fp32 elsewhere; recorded in the store and compared on "
+           "reuse (a bf16 store is not reused for an fp32 request); independent of --dtype (how values are stored)",
+           choices=PRECISION_CHOICES),
     Option("--overwrite", False, "replace a store made for another request", flag_action=True),
     Option("--no-progress", False, "hide the progress bar", flag_action=True),
 )
@@ -44,6 +51,7 @@ def _run(c: dict) -> int:
     from vqt.backbone.sources import create_backbone, describe
     from vqt.data.transforms import build_transform
     from vqt.errors import VQTError
+    from vqt.precision import resolve_precision
     from vqt.protocol.data import check_data_root, resolve_task_list, task_store
     from vqt.protocol.sweep import resolve_device
 
@@ -51,13 +59,17 @@ def _run(c: dict) -> int:
         raise VQTError("no task given (--task)")
     task = resolve_task_list(c["task"], c["data_root"])[0]
     check_data_root(c["data_root"], [task], (c["split"],))
-    backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(resolve_device(c["device"]))
+    device = resolve_device(c["device"])
+    precision = resolve_precision(c["precision"], device)
+    backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(device)
     transform, description = build_transform(c["transform"], backbone, img_size=describe(backbone)["img_size"])
     out = Path(c["out"]) if c["out"] else Path("stores") / task.name / c["split"]
     store = task_store(backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,
                        split=c["split"], transform=transform, transform_description=description,
                        store_dir=out.parent.parent, dtype=c["dtype"], batch_size=int(c["batch_size"]),
                        num_workers=int(c["num_workers"]), progress=not c["no_progress"],
-                       overwrite=bool(c["overwrite"]), out=out, overwrite_hint="pass --overwrite to replace it")
-    print(f"{store.path}: {len(store)} images, tokens {tuple(store.tokens.shape)} {store.dtype}")
+                       overwrite=bool(c["overwrite"]), out=out, overwrite_hint="pass --overwrite to replace it",
+                       precision=precision, shard=True)  # under torchrun: every rank extracts its shard
+    print(f"{store.path}: {len(store)} images, tokens {tuple(store.tokens.shape)} {store.dtype}, computed in "
+          f"{precision}")
     return 0

@@ -54,7 +54,8 @@ OPTIONS = (
     *shared_options(D, "--store-dir"),
     Option("--overwrite", D["overwrite"], "redo a finished run (or one of another configuration) in --out",
            flag_action=True),
-    *shared_options(D, "--overwrite-stores", "--device", "--num-workers", "--extract-batch"),
+    *shared_options(D, "--overwrite-stores", "--device", "--precision", "--store-device", "--num-workers",
+                    "--extract-batch"),
     Option("--eval-batch", D["eval_batch"], "images per backbone pass when evaluating on test", type=int),
     Option("--test-store", D["test_store"], "evaluate on test from a feature store of it (extracted once, shared "
            "by methods via --store-dir) instead of streaming the test images through the backbone",

@@ -51,7 +51,8 @@ OPTIONS = (
            " (needs pip install 'visual-query-tuning[tensorboard]')"),
     *shared_options(D, "--store-dir"),
     Option("--overwrite", D["overwrite"], "replace a finished run in --out", flag_action=True),
-    *shared_options(D, "--overwrite-stores", "--device", "--num-workers", "--extract-batch"),
+    *shared_options(D, "--overwrite-stores", "--device", "--precision", "--store-device", "--num-workers",
+                    "--extract-batch"),
     Option("--eval-batch", D["eval_batch"], "images per backbone pass when evaluating", type=int),
     Option("--no-progress", False, "hide progress bars", flag_action=True),
 )

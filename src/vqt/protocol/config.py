@@ -38,6 +38,14 @@ class Option:
         return self.flag.lstrip("-").replace("-", "_")
 
 
+# `vqt.precision.PRECISIONS` and the places a store may live; spelled here so building the command-line parsers
+# does not import torch (tests/test_precision.py checks they agree).
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+STORE_DEVICE_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_HELP = ("compute precision of the backbone and query path: bf16 runs them under torch.autocast "
+                  "(parameters, optimiser state, logits and loss stay fp32); auto: bf16 on a CUDA device that "
+                  "supports it, fp32 elsewhere")
+
 # Options `vqt train` and `vqt sweep` share word for word; each command supplies its own defaults.
 SHARED_OPTIONS: dict[str, dict[str, Any]] = {
     "--backbone": dict(help="backbone spelling: NAME.TAG (hub), NAME@FILE, NAME@random, offline:dinov2_s14"),
@@ -50,6 +58,10 @@ SHARED_OPTIONS: dict[str, dict[str, Any]] = {
     "--group-lasso": dict(help="lambda of the compression penalty", type=float),
     "--store-dtype": dict(help="dtype of the feature stores", choices=("float16", "bfloat16", "float32")),
     "--store-dir": dict(help="feature-store cache (unset: <out>/stores)"),
+    "--precision": dict(help=PRECISION_HELP, choices=PRECISION_CHOICES),
+    "--store-device": dict(help="where a training store is held while training from it: cuda (copied to GPU memory "
+                           "once), cpu (read batch by batch), or auto: cuda when the device is CUDA and the store "
+                           "fits in a part of its free memory", choices=STORE_DEVICE_CHOICES),
     "--overwrite-stores": dict(help="replace cached stores made for another request", flag_action=True),
     "--device": dict(help="cpu, cuda, cuda:1 or auto"),
     "--num-workers": dict(help="image-decoding worker processes", type=int),
@@ -223,6 +235,15 @@ def _number(key: str, value: Any, what: str = "") -> float:
     return float(value)
 
 
+def _cuda_device(device: Any) -> bool:
+    """Whether `--device` names (or `auto` picks) a CUDA device."""
+    if device in (None, "auto"):
+        import torch
+
+        return torch.cuda.is_available()
+    return str(device).startswith("cuda")
+
+
 def validate_config(config: Mapping[str, Any]) -> None:
     """Refuse impossible settings of a resolved `vqt train` / `vqt sweep` configuration, before any work.
 
@@ -271,6 +292,14 @@ def validate_config(config: Mapping[str, Any]) -> None:
         if warmup < 0 or (epochs is not None and warmup > epochs):
             upper = "" if epochs is None else f" = [0, {epochs}]"
             refuse(f"--warmup-epochs must lie in [0, --epochs]{upper}, got {warmup}")
+    for key, choices in (("precision", PRECISION_CHOICES), ("store_device", STORE_DEVICE_CHOICES)):
+        value = config.get(key)
+        if value is not None and value not in choices:
+            refuse(f"{_flag(key)} must be one of {', '.join(choices)}, got {value!r}")
+    if config.get("store_device") == "cuda" and not _cuda_device(config.get("device")):
+        device = config.get("device") or "auto"
+        refuse(f"--store-device cuda needs a CUDA device, but --device {device}"
+               + (" found none" if device == "auto" else " is not one"))
     dropout = config.get("query_dropout")
     if dropout is not None and not 0.0 <= _number("query_dropout", dropout) < 1.0:
         refuse(f"--query-dropout must lie in [0, 1), got {_shown(dropout)}")

@@ -25,6 +25,7 @@ from vqt.backbone.sources import create_backbone, describe
 from vqt.bench.methods import measure_all, scatter_plot
 from vqt.data.synth import generate_task
 from vqt.data.transforms import build_transform
+from vqt.precision import resolve_precision
 from vqt.protocol.data import task_store
 from vqt.protocol.rundir import SUMMARY_FILE, RunDir, read_json, write_json, write_text
 from vqt.protocol.sweep import SWEEP_DEFAULTS, run_sweep
@@ -88,7 +89,8 @@ FULL = Budget(
 
 
 def sweep_config(budget: Budget, method: str, *, backbone: str, data_root: Path, store_dir: Path, out: Path,
-                 device: str, progress: bool) -> dict[str, Any]:
+                 device: str, progress: bool, precision: str = "fp32", store_device: str = "auto"
+                 ) -> dict[str, Any]:
     return {
         **SWEEP_DEFAULTS,
         "backbone": backbone,
@@ -107,23 +109,34 @@ def sweep_config(budget: Budget, method: str, *, backbone: str, data_root: Path,
         "store_dir": str(store_dir),
         "test_store": True,
         "device": device,
+        "precision": precision,
+        "store_device": store_device,
         "progress": progress,
     }
 
 
-def measure_memory(methods: tuple[str, ...], backbone: str, budget: Budget, device: str) -> dict[str, dict]:
+def measure_memory(methods: tuple[str, ...], backbone: str, budget: Budget, device: str, precision: str = "fp32"
+                   ) -> dict[str, dict]:
     """Each method's training step (forward, backward, step) in a fresh process: peak memory, saved bytes."""
     rows = measure_all(list(methods), backbone, budget.memory_batch, budget.img_size, steps=1, device=device,
-                       progress=False)
+                       progress=False, precision=precision)
     return {row["method"]: row for row in rows}
 
 
 def run_demo(out: str | Path = "vqt-demo", *, full: bool = False, backbone: str = "offline:dinov2_s14",
-             device: str = "auto", progress: bool = True) -> dict[str, Any]:
-    """Run the demo into `out` (resumable: finished sweeps and stores are reused) and return its summary."""
+             device: str = "auto", progress: bool = True, precision: str = "auto", store_device: str = "auto"
+             ) -> dict[str, Any]:
+    """Run the demo into `out` (resumable: finished sweeps and stores are reused) and return its summary.
+
+    `precision` (auto, fp32, bf16) is resolved once for the device and used for extraction, training and the
+    memory measurement; `store_device` (auto, cpu, cuda) is where the sweeps hold their training stores."""
+    from vqt.protocol.config import validate_config
+
     budget = FULL if full else REDUCED
     out = Path(out)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    validate_config({"device": device, "precision": precision, "store_device": store_device})
+    precision = resolve_precision(precision, device)
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -145,7 +158,7 @@ def run_demo(out: str | Path = "vqt-demo", *, full: bool = False, backbone: str 
             log.info("feature store %s/%s", task, split)
             task_store(model, backbone_spec=backbone, data_root=data_root, task=task, split=split,
                        transform=transform, transform_description=description, store_dir=store_dir,
-                       progress=progress)
+                       progress=progress, precision=precision)
     timings["extract features"] = time.perf_counter() - clock
     del model
 
@@ -158,12 +171,13 @@ def run_demo(out: str | Path = "vqt-demo", *, full: bool = False, backbone: str 
         else:
             log.info("protocol for %s", method)
             summary = run_sweep(sweep_config(budget, method, backbone=backbone, data_root=data_root,
-                                             store_dir=store_dir, out=run.path, device=device, progress=progress))
+                                             store_dir=store_dir, out=run.path, device=device, progress=progress,
+                                             precision=precision, store_device=store_device))
         results[method] = {"summary": summary, "seconds": summary.get("seconds") or 0.0}
     timings["protocol (all methods)"] = sum(r["seconds"] for r in results.values())
 
     clock = time.perf_counter()
-    memory = measure_memory(METHODS + MEMORY_ONLY, backbone, budget, device)
+    memory = measure_memory(METHODS + MEMORY_ONLY, backbone, budget, device, precision)
     timings["memory measurements"] = time.perf_counter() - clock
     timings["total"] = time.perf_counter() - started
 
@@ -173,7 +187,8 @@ def run_demo(out: str | Path = "vqt-demo", *, full: bool = False, backbone: str 
     accuracies = {m: mean_accuracy(r["summary"]) for m, r in results.items() if mean_accuracy(r["summary"]) is not None}
     scatter_plot(list(memory.values()), accuracies, plot_path,
                  f"vqt demo: {backbone} at {budget.img_size}px, mean test accuracy (%) over {len(budget.tasks)} tasks")
-    summary = {"budget": asdict(budget), "backbone": backbone, "device": device, "timings": timings,
+    summary = {"budget": asdict(budget), "backbone": backbone, "device": device, "precision": precision,
+               "timings": timings,
                "methods": {m: {"test_accuracy": mean_accuracy(r["summary"]), "per_task": per_task(r["summary"]),
                                "seconds": r["seconds"], "memory": memory.get(m)} for m, r in results.items()}}
     write_json(out / "summary.json", summary)

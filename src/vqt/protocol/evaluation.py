@@ -54,8 +54,6 @@ def evaluate_images(
     process group of several ranks is initialised; the sweep passes False, its ranks evaluate different units):
     each rank evaluates its contiguous shard and the correct counts are all-reduced, so every rank returns the
     accuracies over the whole dataset."""
-    import inspect
-
     from vqt.distributed.ddp import all_reduce_sum, shard, use_ddp, world
     from vqt.training import evaluate_streaming
 
@@ -68,9 +66,8 @@ def evaluate_images(
         return [c / max(1.0, counts[-1]) for c in counts[:-1]]
 
     if all(hasattr(m, "tap") and hasattr(m, "features_from") for m in models):
-        wanted = {"precision": precision} if "precision" in inspect.signature(evaluate_streaming).parameters else {}
         return evaluate_streaming(list(models), dataset, batch_size=batch_size, num_workers=num_workers,
-                                  progress=progress, **wanted).accuracies
+                                  progress=progress, precision=precision).accuracies
     correct = [0] * len(models)
     count = 0
     for model in models:

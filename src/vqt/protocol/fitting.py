@@ -14,9 +14,8 @@ on fixed fp32 features. `store_device` ('auto', 'cpu', 'cuda') says where a VQT 
 
 from __future__ import annotations
 
-import inspect
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,21 +34,12 @@ from vqt.protocol.build import HEAD_METHODS, build_model
 from vqt.protocol.evaluation import evaluate_images, store_features
 from vqt.training import GridConfig, History, Recipe, train_grid, train_online
 from vqt.training.cached import fit_epochs, image_batches
+from vqt.training.feeding import resolve_store_device, store_nbytes
 from vqt.training.recipe import make_optimizer, seeded_query_dropout
-
-
-def _supported(function: Callable, **wanted: object) -> dict[str, object]:
-    """The keyword arguments of `wanted` that `function` takes (the trainers gain precision/store_device)."""
-    parameters = inspect.signature(function).parameters
-    return {name: value for name, value in wanted.items() if name in parameters}
 
 
 def _store_device(choice: str, stores: Sequence[FeatureStore | None], device: torch.device) -> str:
     """'cpu' or 'cuda' for the stores a VQT training reads ('auto': decided from their size and free memory)."""
-    try:
-        from vqt.training.feeding import resolve_store_device, store_nbytes
-    except ImportError:  # the trainers before store placement: the store stays in host memory
-        return "cpu"
     return resolve_store_device(choice, sum(store_nbytes(store) for store in stores if store is not None), device)
 
 
@@ -118,7 +108,7 @@ def train_store_configs(
         template = build_model(method, backbone, num_classes, kwargs, 0).to(device)
         placement = _store_device(store_device, [train_store, val_store], device)
         result = train_grid(template, train_store, configs, recipe, val_store=val_store, progress=progress,
-                            **_supported(train_grid, precision=precision, store_device=placement))
+                            precision=precision, store_device=placement)
         trained = []
         for index, (config, history) in enumerate(zip(result.configs, result.histories, strict=True)):
             if non_finite(history):
@@ -172,7 +162,7 @@ def fit_online(
                                progress=progress, precision=precision)
     if isinstance(model, VQT):
         return train_online(model, dataset, recipe, val_dataset=val_dataset, num_workers=num_workers,
-                            progress=progress, **_supported(train_online, precision=precision))
+                            progress=progress, precision=precision)
     device = model.head.weight.device
 
     def loss_of(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

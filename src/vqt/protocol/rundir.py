@@ -31,9 +31,12 @@ RESULT_FILE = "result.json"
 METRICS_FILE = "metrics.jsonl"
 STOP_ENV = "VQT_STOP_AFTER_UNITS"  # test hook: simulate a kill after this many committed units
 
-# Keys of a resolved configuration that do not change results (a rerun may differ in them).
+# Keys of a resolved configuration that do not change results (a rerun may differ in them). `precision` does
+# change them: it is semantic, compared resolved ('fp32'/'bf16'), so `auto` on another kind of device is another run.
 NON_SEMANTIC = frozenset({"out", "overwrite", "progress", "no_progress", "num_workers", "device", "store_dir",
-                          "extract_batch", "eval_batch", "config", "tensorboard"})
+                          "extract_batch", "eval_batch", "config", "tensorboard", "store_device"})
+# Semantic keys added after runs were written: what a config.yaml without them meant (those runs computed in fp32).
+SEMANTIC_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
 
 
 def _clean(value: Any) -> Any:
@@ -100,7 +103,8 @@ class RunDir:
 
             stored = yaml.safe_load(config_path.read_text()) or {}
             finished = self.is_finished()
-            stored_semantic = {k: v for k, v in stored.items() if k not in NON_SEMANTIC}
+            stored_semantic = {**{k: v for k, v in SEMANTIC_DEFAULTS.items() if k in semantic},
+                               **{k: v for k, v in stored.items() if k not in NON_SEMANTIC}}
             changed = sorted(k for k in set(stored_semantic) | set(semantic)
                              if stored_semantic.get(k) != semantic.get(k))
             if overwrite:
@@ -119,7 +123,8 @@ class RunDir:
                 log.info("resuming the unfinished run in %s", self.path)
                 write_text(config_path, to_yaml(config))
                 return True
-        elif self.path.exists() and any(self.path.iterdir()) and not overwrite:
+        elif self.path.exists() and not overwrite and any(  # another worker's config.yaml being written is fine
+                not entry.name.startswith(f".{CONFIG_FILE}.") for entry in self.path.iterdir()):
             raise VQTError(f"{self.path} exists and is not a vqt run folder; choose another --out")
         self.path.mkdir(parents=True, exist_ok=True)
         write_text(config_path, to_yaml(config))

@@ -15,6 +15,7 @@ from vqt.backbone.sources import create_backbone, describe
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.methods.registry import get_method
+from vqt.precision import resolve_precision
 from vqt.protocol import tensorboard
 from vqt.protocol.build import make_recipe, method_kwargs
 from vqt.protocol.compression import compress
@@ -41,8 +42,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     **{k: SWEEP_DEFAULTS[k] for k in ("backbone", "data_root", "method", "queries", "variant", "query_dropout",
                                       "transform", "img_size", "epochs", "warmup_epochs", "batch_size",
                                       "eval_every", "group_lasso", "store_dtype", "store_dir", "overwrite",
-                                      "overwrite_stores", "device", "num_workers", "extract_batch", "eval_batch",
-                                      "progress", "tensorboard")},
+                                      "overwrite_stores", "device", "precision", "store_device", "num_workers",
+                                      "extract_batch", "eval_batch", "progress", "tensorboard")},
     "task": None,
     "lr": 0.1,
     "wd": 1e-4,
@@ -77,9 +78,10 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     run = RunDir(c["out"])
     if c["tensorboard"]:
         tensorboard.require()
+    device = resolve_device(c["device"])
+    c["precision"] = resolve_precision(c["precision"], device)  # once per run; recorded in config.yaml
     run.prepare(c, overwrite=bool(c["overwrite"]), kind="train")
     started = time.time()
-    device = resolve_device(c["device"])
     backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(device)
     size = describe(backbone)["img_size"]
     transform, description = build_transform(c["transform"], backbone, img_size=size)
@@ -101,7 +103,8 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                           split=split, transform=transform, transform_description=description, store_dir=store_dir,
                           dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
                           num_workers=int(c["num_workers"]), progress=bool(c["progress"]),
-                          overwrite=bool(c["overwrite_stores"]))
+                          overwrite=bool(c["overwrite_stores"]), precision=c["precision"],
+                          shard=True)  # under torchrun every rank calls this: each extracts its shard
 
     if online:  # the same trainer as an online sweep unit
         train_transform = build_transform(c["transform"], backbone, img_size=size, train=bool(c["augment"]))[0]
@@ -110,13 +113,14 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                                        make_dataset(train_images, train_transform),
                                        [GridConfig(recipe.lr, recipe.weight_decay, recipe.seed)], recipe,
                                        val_dataset=val, num_workers=int(c["num_workers"]),
-                                       progress=bool(c["progress"]))[0]
+                                       progress=bool(c["progress"]), precision=c["precision"])[0]
     else:
         train_store = store(c["train_split"])
         val_store = store(c["val_split"]) if c["val_split"] else None
         trained = train_store_configs(method, backbone, num_classes, kwargs, train_store,
                                       [GridConfig(recipe.lr, recipe.weight_decay, recipe.seed)], recipe,
-                                      val_store=val_store, progress=bool(c["progress"]))[0]
+                                      val_store=val_store, progress=bool(c["progress"]),
+                                      precision=c["precision"], store_device=c["store_device"])[0]
     records = epoch_records(trained, ident)
     tb_run = f"{task.name}/train/{unit_name(trained.config)}_seed{recipe.seed}"
     if trained.failed:
@@ -135,11 +139,13 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                                group_lasso=float(c["group_lasso"]), seed=recipe.seed))
     summary: dict[str, Any] = {"status": "complete", **ident, "method": method, "backbone": c["backbone"],
                                "queries": kwargs.get("num_queries"), "transform": description,
+                               "precision": c["precision"],
                                "val_accuracy": trained.history.final_val_accuracy, "eval_split": c["eval_split"]}
     if c["eval_split"]:
         dataset = make_dataset(read_split(c["data_root"], task.name, c["eval_split"]), transform)
         accuracies = evaluate_images(models, dataset, batch_size=int(c["eval_batch"]),
-                                     num_workers=int(c["num_workers"]), progress=bool(c["progress"]))
+                                     num_workers=int(c["num_workers"]), progress=bool(c["progress"]),
+                                     precision=c["precision"])
         summary["eval_accuracy"] = accuracies[0]
         if len(accuracies) > 1:
             summary["compressed_eval_accuracy"] = accuracies[1]
