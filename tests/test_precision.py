@@ -284,3 +284,29 @@ def test_bench_memory_bf16_row() -> None:
     model = create_method("vqt-concat", create_backbone(spec, img_size=32), 5)
     linear = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
     assert rows["bf16"]["weight_casts_mib"] * 2**20 == sum(2 * w.numel() for w in linear)
+
+
+def test_demo_bf16_then_fp32(tmp_path: Path, monkeypatch, capsys) -> None:
+    """`vqt demo --precision bf16` (budget shrunk to seconds, memory measurement faked): extraction, sweeps and the
+    summary are bf16; the same folder asked for fp32 is refused in one line naming the field and what to do."""
+    import vqt.protocol.demo as demo
+
+    tiny = demo.Budget(tasks=("dsprites_loc",), img_size=32, n_train=16, n_val=8, n_test=16, lrs=(0.02,), wds=(0.0,),
+                       epochs=2, warmup_epochs=1, seeds=1, queries=1, memory_batch=2)
+    monkeypatch.setattr(demo, "REDUCED", tiny)
+    monkeypatch.setattr(demo, "measure_memory", lambda methods, backbone, budget, device, precision: {
+        m: {"method": m, "precision": precision, "trainable_params": 1, "peak_mib": 1.0, "step_increase_mib": 1.0,
+            "saved_mib_per_sample": 0.1} for m in methods})
+    out = tmp_path / "demo"
+    demo_args = ["demo", "--out", str(out), "--backbone", "vit_tiny_patch16_224@random", "--device", "cpu",
+                 "--no-progress"]
+    assert main([*demo_args, "--precision", "bf16"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["precision"] == "bf16"
+    assert json.loads((out / "stores" / "dsprites_loc" / "test" / META_FILE).read_text())["precision"] == "bf16"
+    for method in demo.METHODS:
+        assert yaml.safe_load((out / "runs" / method / "config.yaml").read_text())["precision"] == "bf16"
+    capsys.readouterr()
+    assert main([*demo_args, "--precision", "fp32"]) == 2
+    line = one_error_line(capsys)
+    assert "precision: store has 'bf16', requested 'fp32'" in line and "use another --out" in line

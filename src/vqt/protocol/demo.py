@@ -158,14 +158,16 @@ def run_demo(out: str | Path = "vqt-demo", *, full: bool = False, backbone: str 
             log.info("feature store %s/%s", task, split)
             task_store(model, backbone_spec=backbone, data_root=data_root, task=task, split=split,
                        transform=transform, transform_description=description, store_dir=store_dir,
-                       progress=progress, precision=precision)
+                       progress=progress, precision=precision,
+                       overwrite_hint=f"delete {store_dir} or use another --out to extract it again")
     timings["extract features"] = time.perf_counter() - clock
     del model
 
     results: dict[str, dict[str, Any]] = {}
     for method in METHODS:
         run = RunDir(out / "runs" / method)
-        if run.is_finished():  # a finished sweep of an earlier demo run: reuse it (delete the folder to redo it)
+        finished = run.is_finished() and read_json(run.path / SUMMARY_FILE).get("precision", "fp32") == precision
+        if finished:  # a finished sweep of an earlier demo run: reuse it (delete the folder to redo it)
             log.info("protocol for %s: reusing the finished run in %s", method, run.path)
             summary = read_json(run.path / SUMMARY_FILE)
         else:
