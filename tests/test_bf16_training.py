@@ -91,12 +91,15 @@ def test_grid_under_bf16_equals_each_configuration_alone_under_bf16(setup, varia
 def test_grid_keep_masks_are_each_configurations_own_draws(setup) -> None:
     backbone, _ = setup
     configs = grid_configs([0.1], [0.0], seeds=[0, 5, 9])
-    grid = VQTGrid(VQT(backbone, num_classes=4, num_queries=2, query_dropout=0.3), configs)
-    batched = [grid.keep_masks(6, 2, 48, grid.queries[0]) for _ in range(2)]  # two consecutive draws
+    layout = [2, 1, 3]
+    grid = VQTGrid(VQT(backbone, num_classes=4, num_queries=layout, query_dropout=0.3), configs)
+    steps = [grid.keep_masks(6) for _ in range(2)]  # two consecutive steps, every layer's masks at once
     for c, config in enumerate(configs):
-        generator = dropout_generator(config.seed)  # the plain way: one mask at a time from a lone generator
-        for draw in batched:
-            assert torch.equal(draw[c], draw_keep_mask((6, 2, 48), 0.3, generator, grid.queries[0]))
+        generator = dropout_generator(config.seed)  # the plain way: one layer's mask at a time, in layer order
+        for masks in steps:
+            for keep, num_queries in zip(masks, layout, strict=True):
+                assert keep.shape == (3, 6, num_queries, 48)
+                assert torch.equal(keep[c], draw_keep_mask((6, num_queries, 48), 0.3, generator, grid.queries[0]))
 
 
 def test_a_bf16_step_saves_about_half_the_bytes() -> None:

@@ -142,17 +142,25 @@ class VQTGrid(nn.Module):
     def num_configs(self) -> int:
         return len(self.configs)
 
-    def keep_masks(self, batch: int, num_queries: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-        """(C, B, Q, D) query-dropout keep-masks, configuration c's drawn from its own generator.
+    def keep_masks(self, batch: int) -> list[torch.Tensor]:
+        """Every layer's (C, B, Q_l, D) query-dropout keep-masks for one step; configuration c's from its own
+        generator.
 
-        The one loop over configurations left in the hot path: each mask is drawn on the CPU into its slice of
-        one buffer, exactly as `draw_keep_mask` draws a lone model's (same shape, generator and order, so the grid
-        reproduces `train_cached`); the whole buffer then moves to the device in one copy.
+        The one loop over configurations left in the hot path is this RNG bookkeeping: configuration c draws its
+        layers' masks in layer order from its generator, each on the CPU into its slice of one buffer, exactly as
+        a lone model's `SeededDropout` draws them (same shapes, generator and order, so the grid reproduces
+        `train_cached`). The buffer (pinned for a CUDA device) then moves to the device in one copy per step.
         """
-        keep = torch.empty((self.num_configs, batch, num_queries, dim), dtype=like.dtype)
+        like = self.queries[0]
+        shapes = [(self.num_configs, batch, *queries.shape[1:]) for queries in self.queries]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        flat = torch.empty(sum(sizes), dtype=like.dtype, pin_memory=like.device.type == "cuda")
+        layers = [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
         for c, generator in enumerate(self.generators):
-            keep[c].bernoulli_(1.0 - self.dropout_p, generator=generator)
-        return keep.to(like.device)
+            for keep in layers:
+                keep[c].bernoulli_(1.0 - self.dropout_p, generator=generator)
+        on_device = flat.to(like.device, non_blocking=True)
+        return [part.view(shape) for part, shape in zip(on_device.split(sizes), shapes, strict=True)]
 
     def features(self, tapped: TapOutput) -> torch.Tensor:
         """(C, B, F) head inputs of every configuration; query dropout (per-config masks) when training.
@@ -164,13 +172,13 @@ class VQTGrid(nn.Module):
         template = self.template[0]
         configs = self.num_configs
         outputs = []
+        batch = tapped.pre_logits.shape[0]
+        masks = self.keep_masks(batch) if self.training and self.dropout_p > 0 else None
         for index, (block, tokens) in enumerate(zip(template.backbone.blocks, tapped.tokens, strict=True)):
             queries = self.queries[index]  # (C, Q, D)
             _, num_queries, dim = queries.shape
-            batch = tokens.shape[0]
-            if self.training and self.dropout_p > 0:
-                keep = self.keep_masks(batch, num_queries, dim, queries)  # (C, B, Q, D)
-                dropped = apply_dropout(queries.unsqueeze(1), keep, self.dropout_p)  # (C, B, Q, D)
+            if masks is not None:
+                dropped = apply_dropout(queries.unsqueeze(1), masks[index], self.dropout_p)  # (C, B, Q, D)
                 joint = dropped.transpose(0, 1).reshape(batch, configs * num_queries, dim)  # (B, C*Q, D)
             else:
                 joint = queries.reshape(1, configs * num_queries, dim)
