@@ -223,7 +223,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "qp_tokens_not_cast", QP,
-        "queries, tokens = queries.to(dtype), tokens.to(dtype)",
+        "queries, tokens = queries.to(dtype), tokens.to(autocast_dtype(tokens.device) or dtype)",
         "queries, tokens = queries.to(dtype), tokens",
         "stored fp16/bf16 tokens are not cast to the block's dtype",
         (TRAINING_REFERENCE, LOW_PRECISION, QUERY_PATH),
@@ -406,15 +406,18 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- the head's features
     Mutant(
         "vqt_pieces_normalised_jointly", VQT_PY,
-        "return torch.cat([F.normalize(piece.to(pre_logits.dtype), dim=-1, eps=1e-12) for piece in pieces], dim=-1)",
-        "return F.normalize(torch.cat([piece.to(pre_logits.dtype) for piece in pieces], dim=-1), dim=-1, eps=1e-12)",
+        "    normalised = [F.normalize(pre_logits, dim=-1, eps=1e-12).expand(*lead, -1)]\n"
+        "    normalised += [F.normalize(piece.to(pre_logits.dtype), dim=-1, eps=1e-12) for piece in pieces]\n"
+        "    return torch.cat(normalised, dim=-1)\n",
+        "    joint = [pre_logits.expand(*lead, -1)] + [piece.to(pre_logits.dtype) for piece in pieces]\n"
+        "    return F.normalize(torch.cat(joint, dim=-1), dim=-1, eps=1e-12)\n",
         "combine_features: one normalisation of the whole vector instead of one per piece",
         (QUERY_PATH, METHODS),
     ),
     Mutant(
         "vqt_concat_normalised_per_token", VQT_PY,
-        'pieces.append(out.flatten(1))',
-        'pieces.append(F.normalize(out, dim=-1).flatten(1))',
+        'pieces.append(out.flatten(-2))',
+        'pieces.append(F.normalize(out, dim=-1).flatten(-2))',
         "combine_features: with Q > 1 each query token normalised on its own before the joint normalisation",
         (QUERY_PATH, METHODS),
     ),
