@@ -1,0 +1,165 @@
+"""The pieces of benchmarks/protocol_time.py and benchmarks/run_all.py: arithmetic, a tiny end-to-end run, the plan."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import tiny_vit
+from vqt.data.registry import TASKS
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(name: str):
+    """A benchmark script as a module (benchmarks/ is not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def protocol_time():
+    return load("protocol_time")
+
+
+@pytest.fixture(scope="module")
+def run_all():
+    return load("run_all")
+
+
+def counted_official_work(epochs: int, test: int, eval_every: int) -> tuple[int, int]:
+    """The official-style protocol's image-steps and evaluation forwards, counted one epoch at a time."""
+    train = evaluate = 0
+    for _config in range(20):
+        for epoch in range(epochs):
+            train += 800
+            if (epoch + 1) % eval_every == 0 or epoch == epochs - 1:
+                evaluate += 200
+    for _seed in range(5):
+        for _epoch in range(epochs):
+            train += 800 + 200
+        evaluate += test
+    return train, evaluate
+
+
+@pytest.mark.parametrize(("epochs", "test", "eval_every"), [(100, 10_000, 10), (5, 200, 10), (7, 33, 3), (1, 1, 1)])
+def test_workload_counts_the_official_work(protocol_time, epochs, test, eval_every):
+    workload = protocol_time.Workload(epochs=epochs, test_images=test, eval_every=eval_every)
+    assert (workload.official_train_images(), workload.official_eval_images()) == counted_official_work(
+        epochs, test, eval_every
+    )
+
+
+def test_projection_uses_every_task_and_its_test_size(protocol_time):
+    workload = protocol_time.Workload(epochs=100, test_images=10_000)
+    measured = protocol_time.Measured(extract_s=30.0, assemble_s=2.0, grid_s=60.0, seeds_s=20.0, test_s=50.0,
+                                      official_train_s_per_image=0.01, official_eval_s_per_image=0.004)
+    rows = protocol_time.projection(measured, workload)
+    assert [r[0] for r in rows] == list(TASKS) and len(rows) == 19
+    train, evaluate = counted_official_work(100, 0, 10)
+    for name, test, ours, official in rows:
+        assert test == TASKS[name].test_images
+        assert ours == pytest.approx(30 + 2 + 60 + 20 + 50 / 10_000 * test)
+        assert official == pytest.approx(0.01 * train + 0.004 * (evaluate + 5 * test))
+    assert TASKS["dsprites_loc"].test_images == 73_728 and TASKS["kitti"].test_images == 711
+
+
+def test_tiny_protocol_end_to_end(protocol_time, tmp_path, one_thread):
+    args = protocol_time.parse_args([
+        "--model", "tiny", "--train-images", "16", "--val-images", "8", "--epochs", "2", "--test-images", "6",
+        "--classes", "3", "--extract-batch", "8", "--probe-batch", "2", "--probe-steps", "1", "--warmup-steps", "1",
+        "--device", "cpu", "--precision", "fp32", "--workdir", str(tmp_path), "--out", str(tmp_path / "r.md"),
+    ])
+    text = protocol_time.run(args, backbone=tiny_vit(), command="python benchmarks/protocol_time.py (test)")
+    assert (tmp_path / "r.md").read_text() == text
+    last = text.rstrip("\n").splitlines()[-1]
+    match = re.fullmatch(r"protocol speed-up \(official-style / vqt\): (\d+\.\d)", last)
+    assert match, last
+    phases = dict(re.findall(r"^\| (extraction|assembly|grid|seeds|test)\b[^|]*\| ([\d.]+) \|$", text, re.M))
+    assert set(phases) == {"extraction", "assembly", "grid", "seeds", "test"}
+    assert float(match.group(1)) > 0
+    for name in TASKS:
+        assert f"| {name} | {TASKS[name].test_images:,} |" in text
+    assert "CPU" in text and "torch " in text and "command: `python benchmarks/protocol_time.py (test)`" in text
+    assert list(tmp_path.iterdir()) == [tmp_path / "r.md"]  # the temporary stores are gone
+
+
+def test_precision_goes_to_functions_that_take_it(protocol_time):
+    seen = {}
+
+    def takes(x, precision="fp32"):
+        seen["takes"] = precision
+        return x
+
+    def ignores(x):
+        import torch
+
+        seen["ignores"] = (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16  # under bf16 autocast
+        return x
+
+    notes: list[str] = []
+    assert protocol_time.with_precision(takes, "bf16", "cpu", notes)(1) == 1
+    assert protocol_time.with_precision(ignores, "bf16", "cpu", notes)(2) == 2
+    assert seen == {"takes": "bf16", "ignores": True}
+    assert len(notes) == 1 and "ignores" in notes[0]
+
+
+def test_run_all_plan_names_every_benchmark(run_all):
+    for quick in (False, True):
+        steps = run_all.plan("cuda", quick)
+        names = [s.name for s in steps]
+        assert names[0] == "gpu_tests" and ("other_tests" in names) is not quick
+        scripts = {s.argv[1] for s in steps if s.argv[1].startswith("benchmarks/")}
+        assert scripts == {f"benchmarks/{n}.py" for n in
+                           ("memory", "methods_memory", "train_speed", "inference", "protocol_time")}
+        for step in steps:
+            if step.argv[1] != "benchmarks/train_speed.py" or run_all.takes(ROOT / step.argv[1], "--device"):
+                assert "cuda" in step.argv or "-m" in step.argv
+
+
+@pytest.mark.parametrize("script", ["memory", "methods_memory", "train_speed", "inference", "protocol_time"])
+def test_run_all_passes_only_options_the_benchmarks_accept(run_all, script):
+    """Each planned command's options appear in that script's --help (full and quick plans)."""
+    helped = run_all.help_text(ROOT / "benchmarks" / f"{script}.py")
+    assert helped.startswith("usage:")
+    for quick in (False, True):
+        for step in run_all.plan("cpu", quick):
+            if step.argv[1] == f"benchmarks/{script}.py":
+                for option in (a for a in step.argv[2:] if a.startswith("--")):
+                    assert run_all.takes(ROOT / step.argv[1], option), f"{script}.py does not accept {option}"
+
+
+def test_run_all_goes_on_past_a_failing_step(run_all, tmp_path, capsys):
+    python = sys.executable
+    steps = [
+        run_all.Step("first", [python, "-c", "print('| a | b |')"]),
+        run_all.Step("broken", [python, "-c", "import sys; print('partial'); sys.exit(3)"]),
+        run_all.Step("last", [python, "-c", "print('done')"], note="a note"),
+    ]
+    outcomes = run_all.run_steps(steps, tmp_path, "cpu", quick=True)
+    assert [o.returncode for o in outcomes] == [0, 3, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken_cpu_quick.md", "first_cpu_quick.md",
+                                                          "last_cpu_quick.md"]
+    broken = (tmp_path / "broken_cpu_quick.md").read_text()
+    assert "exit status 3" in broken and broken.rstrip().endswith("partial")
+    assert "- date: " in broken and "torch " in broken and "CUDA " in broken and "command: `python -c" in broken
+    assert "note: a note" in (tmp_path / "last_cpu_quick.md").read_text()
+    table = run_all.summary(outcomes)
+    assert "| broken | FAILED (exit 3) |" in table and "2 of 3 steps passed; failed: broken" in table
+
+
+def test_run_all_dry_run_runs_nothing(run_all, tmp_path, capsys):
+    assert run_all.main(["--device", "cpu", "--quick", "--dry-run", "--results-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "protocol_time: python benchmarks/protocol_time.py --device cpu --quick" in printed
+    assert str(tmp_path / "protocol_time_cpu_quick.md") in printed
+    assert list(tmp_path.iterdir()) == []
