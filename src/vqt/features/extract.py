@@ -205,8 +205,9 @@ def extract_features(
 
     np_dtype, torch_dtype = DTYPES[dtype]
     token_shape = tuple(meta["shapes"]["tokens"])
-    files = [_RowFile(out / name) for name in (TOKENS_FILE, PRE_LOGITS_FILE, LABELS_FILE)]
+    files: list[_RowFile] = []
     try:
+        files = [_RowFile(out / name) for name in (TOKENS_FILE, PRE_LOGITS_FILE, LABELS_FILE)]
         position = _extract_rows(
             tap, dataset, rows, done, files, progress_file, device=device, precision=precision, dtype=dtype,
             np_dtype=np_dtype, torch_dtype=torch_dtype, token_shape=token_shape, batch_size=batch_size,
@@ -214,6 +215,8 @@ def extract_features(
             bar=dict(total=len(rows), initial=done - rows.start, unit="img", disable=not progress_enabled(progress),
                      desc=f"extract {out.name}" + (f" (rank {ctx.rank}'s {len(rows)} of {count})" if sharded else "")),
         )
+        if position != rows.stop:
+            raise StoreError(f"the dataset yielded {position} images but has length {count}")
     except BaseException as error:
         if sharded:  # tell the others why their wait for this rank ends, then stop with this rank's own error
             with contextlib.suppress(DistributedError):
@@ -222,8 +225,6 @@ def extract_features(
     finally:
         for file in files:
             file.close()
-    if position != rows.stop:
-        raise StoreError(f"the dataset yielded {position} images but has length {count}")
     if sharded:
         failures = _gather_failures(None, out)
         if failures:
