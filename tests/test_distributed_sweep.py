@@ -143,6 +143,7 @@ def test_two_workers_on_one_run_folder_equal_one_process(data_root: Path, refere
     assert everything == sorted([f"grid chunk {i}" for i in range(4)] + ["seed chunk 0", "seed chunk 1"]), trained
     same_results(out, reference)
     assert list((out / "claims").rglob("*.claim")) == []  # every claim released
+    assert list(out.rglob(".clock-*")) == []  # the file-system clock probes are removed
 
 
 def test_a_killed_worker_loses_only_its_unit_and_a_rerun_finishes(data_root: Path, reference: Path,  # noqa: F811

@@ -197,11 +197,13 @@ class Claims:
 
     def fs_now(self, folder: Path) -> float:
         """The file system's clock (the mtime of a file touched now), which claim mtimes are compared with."""
-        clock = folder / f".clock-{self.identity['host']}-{self.identity['pid']}"
+        clock = folder / f".clock-{self.identity['host']}-{self.identity['pid']}-{secrets.token_hex(4)}"
         with open(clock, "a"):
             pass
-        os.utime(clock)
-        return clock.stat().st_mtime
+        try:
+            return clock.stat().st_mtime
+        finally:
+            clock.unlink(missing_ok=True)
 
     def claim(self, base: Path) -> Claim | None:
         """Claim `base` (a path without suffix); None when a live worker holds it or won the race for it."""

@@ -25,6 +25,14 @@ LoRA, AdaptFormer, vqt-concat and the vqt+X combinations) train online from imag
 (`train_online_configs`, each from the pristine backbone); no feature store is extracted for them and test images
 stream through each trained model. Without `--lrs`/`--wds` each method uses its own default grid
 (`vqt.protocol.method_defaults`).
+
+Several workers may share one run folder — the ranks of a `torchrun`, independent jobs (a SLURM array) or both —
+with no coordinator: each unit (a grid chunk, a seed chunk with its test evaluation) and each feature store is
+claimed with an exclusive-create claim file (`vqt.distributed.claims`, under <run>/claims/); a worker does the
+first free unit in task order, skips units live workers hold, waits for what it depends on (the seeds need the
+grid's choice, a task's summary every seed) and, when it finds everything done, writes the outputs (identical
+whoever writes them). Ranks train different units, each alone (no DDP inside the sweep). A killed worker loses its
+current unit only (docs/distributed.md, "The sweep").
 """
 
 from __future__ import annotations
@@ -255,7 +263,7 @@ class Sweep:
         c = self.config
         self.device = resolve_device(c["device"])
         c["precision"] = resolve_precision(c["precision"], self.device)  # once per run; recorded in config.yaml
-        self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
+        self.prepare_run_dir()
         started = time.time()
         self.backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
         self.transform, self.transform_description = build_transform(
@@ -270,6 +278,32 @@ class Sweep:
             summary["failures"] = (f"some configurations failed ({details}); they are marked in "
                                    f"{self.run_dir.path / 'results.md'}, the other results are complete")
         return summary
+
+    def prepare_run_dir(self) -> None:
+        """`RunDir.prepare`; under torchrun rank 0 first (it alone overwrites), then the others reopen the run.
+
+        Independent jobs on one folder each prepare it themselves (same configuration: they resume it); they must
+        not pass --overwrite, which would wipe what the others have done."""
+        from vqt.distributed.context import broadcast_object, current
+
+        c = self.config
+        ctx = current()
+        if not ctx.distributed:
+            self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
+            return
+        failure = None
+        if ctx.is_main:
+            try:
+                self.run_dir.prepare(c, overwrite=bool(c["overwrite"]), kind="sweep")
+            except VQTError as error:
+                failure = error
+        if broadcast_object(failure is None, "whether rank 0 prepared the run folder") and not ctx.is_main:
+            self.run_dir.prepare(c, overwrite=False, kind="sweep")  # resume what rank 0 prepared
+        elif failure is not None:
+            raise failure
+        elif not ctx.is_main:  # rank 0 stopped (a finished run, another configuration): the same answer here
+            self.run_dir.prepare(c, overwrite=False, kind="sweep")
+            raise VQTError(f"rank 0 could not prepare {self.run_dir.path} (its error is printed above)")
 
     def work(self) -> list[dict[str, Any]]:
         """Until every task is summarised: do the first unit (in task order) that no live worker holds, then look
