@@ -197,16 +197,13 @@ def extract_features(
     # (each image lands in the same batch as in a single process, and resumes find the same chunks).
     chunk = -(-max(chunk_size, 1) // batch_size) * batch_size
     rows = contiguous_shard(count, chunk, ctx.rank, ctx.world_size) if sharded else range(count)
-    done = rows.start
-    for start, stop in written_ranges(out):  # resume after the rows written already (by any rank)
-        if start <= done < stop:
-            done = min(stop, rows.stop)
     progress_file = out / (rank_progress_file(ctx.rank) if sharded else PROGRESS_FILE)
 
     np_dtype, torch_dtype = DTYPES[dtype]
     token_shape = tuple(meta["shapes"]["tokens"])
     files: list[_RowFile] = []
-    try:
+    try:  # from here on a failure is also reported to the other ranks, which are waiting for this one
+        done = _resume_point(out, rows)
         files = [_RowFile(out / name) for name in (TOKENS_FILE, PRE_LOGITS_FILE, LABELS_FILE)]
         position = _extract_rows(
             tap, dataset, rows, done, files, progress_file, device=device, precision=precision, dtype=dtype,
@@ -238,6 +235,16 @@ def extract_features(
     if sharded:
         barrier(f"the completion marker of feature store {out}")
     return open_store(out, expect)
+
+
+def _resume_point(out: Path, rows: range) -> int:
+    """The first row of `rows` not yet written: after the rows any progress file records (this rank's finished
+    chunks, or those of an earlier run with another number of ranks or a single process)."""
+    done = rows.start
+    for start, stop in written_ranges(out):
+        if start <= done < stop:
+            done = min(stop, rows.stop)
+    return done
 
 
 def _one_line(error: BaseException) -> str:
