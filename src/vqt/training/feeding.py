@@ -98,7 +98,10 @@ AnyStore = FeatureStore | ResidentStore
 
 
 def place_store(store: AnyStore, store_device: str, device: torch.device | str) -> AnyStore:
-    """`store` where its batches will come from: made resident on `device` for `store_device='cuda'`."""
+    """`store` where its batches will come from: made resident on `device` for `store_device='cuda'`.
+
+    Each trainer call makes its own resident copy; to share one across calls, pass a `ResidentStore` instead.
+    """
     if store_device not in ("cpu", "cuda"):
         raise VQTError(f"store_device must be 'cpu' or 'cuda' (resolved), not {store_device!r}")
     device = torch.device(device)
@@ -173,7 +176,7 @@ class _PinnedSlots:
         pre.copy_(tapped.pre_logits)
         host_labels = self._pinned(slot, "labels", tuple(labels.shape), labels.dtype)
         host_labels.copy_(labels)
-        with torch.cuda.stream(self.stream):
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):  # this thread's current device
             sent = (
                 tokens.to(self.device, non_blocking=True),
                 pre.to(self.device, non_blocking=True),
