@@ -13,7 +13,16 @@ from vqt.backbone.tap import TapOutput
 from vqt.bench.memory import SavedActivations
 from vqt.features import extract_features
 from vqt.methods.vqt import VQT
-from vqt.training import GridConfig, Recipe, VQTGrid, grid_configs, seed_init, train_cached, train_grid
+from vqt.training import (
+    GridConfig,
+    Recipe,
+    VQTGrid,
+    grid_configs,
+    seed_init,
+    train_cached,
+    train_grid,
+    train_online,
+)
 from vqt.training.cached import vqt_loss
 from vqt.training.recipe import draw_keep_mask, dropout_generator, make_optimizer
 
@@ -36,11 +45,11 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
         backbone, dataset, tmp_path_factory.mktemp("bf16") / "train", backbone_spec="tiny@random",
         transform={"none": True}, dataset_meta={"name": "synthetic"}, dtype="float32", batch_size=16, progress=False,
     )
-    return backbone, store
+    return backbone, store, dataset
 
 
 def test_bf16_store_training_is_close_to_fp32(setup) -> None:
-    backbone, store = setup
+    backbone, store, _ = setup
     models = {}
     for precision in ("fp32", "bf16"):
         model = seed_init(VQT(backbone, num_classes=4, num_queries=[1, 2, 1], query_dropout=0.1), 3)
@@ -54,7 +63,7 @@ def test_bf16_store_training_is_close_to_fp32(setup) -> None:
 
 
 def test_bf16_keeps_fp32_parameters_gradients_logits_and_optimizer_state(setup) -> None:
-    backbone, store = setup
+    backbone, store, _ = setup
     model = seed_init(VQT(backbone, num_classes=4, num_queries=2), 0).train()
     tapped, labels = store.batch(list(range(8)))
     loss = vqt_loss(model, tapped, labels, "bf16")
@@ -70,9 +79,27 @@ def test_bf16_keeps_fp32_parameters_gradients_logits_and_optimizer_state(setup) 
     assert grid.logits(tapped, "bf16").dtype == torch.float32
 
 
+def test_bf16_online_training_runs_the_backbone_under_autocast(setup) -> None:
+    backbone, store, dataset = setup
+    recipe = RECIPE.replace(seed=7)
+    cached = seed_init(VQT(backbone, num_classes=4, num_queries=2), 7)
+    train_cached(cached, store, recipe, precision="bf16")
+    online = seed_init(VQT(backbone, num_classes=4, num_queries=2), 7)
+    seen: list[torch.dtype] = []
+    hook = backbone.blocks[0].attn.qkv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    try:
+        train_online(online, dataset, recipe, precision="bf16")
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {torch.bfloat16}  # the backbone pass itself computed in bf16
+    assert all(p.dtype == torch.float32 for p in online.trainable_parameters())
+    # Measured 0.013: the online tokens come from a bf16 backbone pass, the store's from an fp32 one.
+    assert relative_difference(online, cached) <= 4e-2
+
+
 @pytest.mark.parametrize("variant", ["concat", "weighted"])
 def test_grid_under_bf16_equals_each_configuration_alone_under_bf16(setup, variant: str) -> None:
-    backbone, store = setup
+    backbone, store, _ = setup
     configs = grid_configs([0.5, 0.1], [1e-2], seeds=[3]) + [GridConfig(0.25, 1e-4, seed=11)]
     layout = [2, 3, 2] if variant == "weighted" else [1, 2, 1]
     template = VQT(backbone, num_classes=4, num_queries=layout, variant=variant, query_dropout=0.1)
@@ -89,7 +116,7 @@ def test_grid_under_bf16_equals_each_configuration_alone_under_bf16(setup, varia
 
 
 def test_grid_keep_masks_are_each_configurations_own_draws(setup) -> None:
-    backbone, _ = setup
+    backbone, _, _ = setup
     configs = grid_configs([0.1], [0.0], seeds=[0, 5, 9])
     layout = [2, 1, 3]
     grid = VQTGrid(VQT(backbone, num_classes=4, num_queries=layout, query_dropout=0.3), configs)
