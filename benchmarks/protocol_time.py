@@ -150,12 +150,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float, Any]:
+    """Wall seconds (what a user waits for), this process' CPU seconds (all its threads: on a shared CPU, the work
+    done, whatever else the machine runs), and `fn()`."""
     synchronize(device)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     result = fn()
     synchronize(device)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - start, time.process_time() - cpu, result
 
 
 def with_precision(fn: Callable[..., Any], precision: str, device: torch.device, notes: list[str]) -> Callable:
@@ -189,9 +191,9 @@ def run_vqt_protocol(
     store_dtype: str = "float16",
     notes: list[str] | None = None,
     log: Callable[[str], None] = lambda _: None,
-) -> tuple[Measured, dict[str, Any]]:
-    """This project's whole protocol on random images, each phase timed; returns the phase times (official rates
-    left at 0) and what was chosen."""
+) -> tuple[Measured, Measured, dict[str, Any]]:
+    """This project's whole protocol on random images, each phase timed; returns the phase times in wall and in CPU
+    seconds (official rates left at 0) and what was chosen."""
     notes = notes if notes is not None else []
     img_size = int(backbone.patch_embed.img_size[0])
     train_set = RandomImages(workload.train, classes, img_size, offset=0)
@@ -211,9 +213,9 @@ def run_vqt_protocol(
         return train, val
 
     log("extracting train800 and val200 ...")
-    extract_s, (train_store, val_store) = timed(extract_both, device)
+    extract_s, extract_cpu, (train_store, val_store) = timed(extract_both, device)
     rows = [(0, i) for i in range(len(train_store))] + [(1, i) for i in range(len(val_store))]
-    assemble_s, trainval_store = timed(
+    assemble_s, assemble_cpu, trainval_store = timed(
         lambda: assemble_store([train_store, val_store], rows, workdir / "train800val200",
                                {"split": "train800val200"}), device)
 
@@ -223,18 +225,19 @@ def run_vqt_protocol(
     grid = with_precision(train_grid, precision, device, notes)
     configs = grid_configs(LR_GRID, WD_GRID)
     log(f"grid: {len(configs)} configurations x {workload.epochs} epochs ...")
-    grid_s, result = timed(lambda: grid(template, train_store, configs, recipe, val_store=val_store), device)
+    grid_s, grid_cpu, result = timed(lambda: grid(template, train_store, configs, recipe, val_store=val_store), device)
     best = result.configs[result.best()]
     seeds = [GridConfig(best.lr, best.weight_decay, seed) for seed in range(workload.seeds)]
     log(f"seeds: {len(seeds)} x {workload.epochs} epochs of lr {best.lr:g}, wd {best.weight_decay:g} ...")
-    seeds_s, final = timed(lambda: grid(template, trainval_store, seeds, recipe), device)
+    seeds_s, seeds_cpu, final = timed(lambda: grid(template, trainval_store, seeds, recipe), device)
     evaluate = with_precision(evaluate_streaming, precision, device, notes)
     log(f"test: {workload.test_images} images, {len(seeds)} seeds in one pass ...")
-    test_s, evaluation = timed(
+    test_s, test_cpu, evaluation = timed(
         lambda: evaluate([final.model(i) for i in range(len(seeds))], test_set, batch_size=eval_batch,
                          num_workers=workers, device=device), device)
-    measured = Measured(extract_s, assemble_s, grid_s, seeds_s, test_s, 0.0, 0.0)
-    return measured, {"best": best, "test_accuracy": evaluation.mean_accuracy}
+    wall = Measured(extract_s, assemble_s, grid_s, seeds_s, test_s, 0.0, 0.0)
+    cpu = Measured(extract_cpu, assemble_cpu, grid_cpu, seeds_cpu, test_cpu, 0.0, 0.0)
+    return wall, cpu, {"best": best, "test_accuracy": evaluation.mean_accuracy}
 
 
 def official_rates(
@@ -247,9 +250,9 @@ def official_rates(
     batch: int,
     steps: int,
     warmup_steps: int,
-) -> tuple[float, float]:
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Seconds per image of an official-style training step and of an official-style evaluation forward, each
-    timed over `steps` batches of `batch` after `warmup_steps` untimed ones."""
+    timed over `steps` batches of `batch` after `warmup_steps` untimed ones: (wall rates, CPU rates)."""
     img_size = int(backbone.patch_embed.img_size[0])
     torch.manual_seed(0)
     model = ConcatVQT(backbone.to(device), num_classes=classes, num_queries=queries, query_dropout=0.1).to(device)
@@ -270,14 +273,15 @@ def official_rates(
         with autocast(precision, device):
             model(images).argmax(-1).cpu()
 
-    rates = []
+    wall, cpu = [], []
     for mode, step in ((True, train_step), (False, eval_step)):
         model.train(mode)
         for _ in range(warmup_steps):
             step()
-        seconds, _ = timed(lambda step=step: [step() for _ in range(steps)], device)
-        rates.append(seconds / (steps * batch))
-    return rates[0], rates[1]
+        seconds, cpu_seconds, _ = timed(lambda step=step: [step() for _ in range(steps)], device)
+        wall.append(seconds / (steps * batch))
+        cpu.append(cpu_seconds / (steps * batch))
+    return (wall[0], wall[1]), (cpu[0], cpu[1])
 
 
 def device_description(device: torch.device) -> str:
@@ -304,8 +308,10 @@ def report(
     notes: list[str],
     loads: tuple[str, str],
     img_size: int = 224,
+    cpu: Measured | None = None,
 ) -> str:
-    """The Markdown report; its last line is the speed-up line."""
+    """The Markdown report; its last line is the speed-up line (wall time). With `cpu` (a CPU run) the phases'
+    CPU seconds and the speed-up by CPU time are shown too: on a shared machine they depend less on the load."""
     ours = vqt_seconds(measured, workload, workload.test_images)
     official = official_seconds(measured, workload, workload.test_images)
     official_train = measured.official_train_s_per_image * workload.official_train_images()
@@ -328,27 +334,33 @@ def report(
         "",
         "## This project (measured in full)",
         "",
-        "| phase | seconds |",
-        "| --- | --- |",
-        f"| extraction: train{workload.train} + val{workload.val} stores | {measured.extract_s:.1f} |",
-        f"| assembly of train{workload.train}val{workload.val} (copy, no backbone) | {measured.assemble_s:.1f} |",
-        f"| grid: {workload.configs} configurations x {workload.epochs} epochs, one pass | {measured.grid_s:.1f} |",
-        f"| seeds: {workload.seeds} x {workload.epochs} epochs on train{workload.train}val{workload.val}, one pass "
-        f"| {measured.seeds_s:.1f} |",
-        f"| test: {workload.test_images:,} images, {workload.seeds} seeds in one backbone pass | {measured.test_s:.1f} |",
-        f"| **total** | **{ours:.1f}** |",
+        "| phase | seconds |" + (" CPU seconds |" if cpu else ""),
+        "| --- | --- |" + (" --- |" if cpu else ""),
+        *(f"| {label} | {getattr(measured, field):.1f} |" + (f" {getattr(cpu, field):.1f} |" if cpu else "")
+          for label, field in (
+              (f"extraction: train{workload.train} + val{workload.val} stores", "extract_s"),
+              (f"assembly of train{workload.train}val{workload.val} (copy, no backbone)", "assemble_s"),
+              (f"grid: {workload.configs} configurations x {workload.epochs} epochs, one pass", "grid_s"),
+              (f"seeds: {workload.seeds} x {workload.epochs} epochs on train{workload.train}val{workload.val}, "
+               "one pass", "seeds_s"),
+              (f"test: {workload.test_images:,} images, {workload.seeds} seeds in one backbone pass", "test_s"),
+          )),
+        f"| **total** | **{ours:.1f}** |" + (f" **{vqt_seconds(cpu, workload, workload.test_images):.1f}** |"
+                                              if cpu else ""),
         "",
         "## Official-style (extrapolated)",
         "",
         f"Timed over {steps} batches of {batch} images after {warmup} warm-up batches, then extrapolated linearly:",
         "",
-        "| phase | s/image (measured) | images | seconds (extrapolated) |",
-        "| --- | --- | --- | --- |",
+        "| phase | s/image (measured) | images | seconds (extrapolated) |" + (" CPU s/image |" if cpu else ""),
+        "| --- | --- | --- | --- |" + (" --- |" if cpu else ""),
         f"| training steps (queries in the sequence, autograd through the backbone) "
-        f"| {measured.official_train_s_per_image:.4f} | {workload.official_train_images():,} | {official_train:.0f} |",
+        f"| {measured.official_train_s_per_image:.4f} | {workload.official_train_images():,} | {official_train:.0f} |"
+        + (f" {cpu.official_train_s_per_image:.4f} |" if cpu else ""),
         f"| evaluation forwards (val per grid configuration, test per seed) "
-        f"| {measured.official_eval_s_per_image:.4f} | {workload.official_eval_images():,} | {official_eval:.0f} |",
-        f"| **total** | | | **{official:.0f}** ({hours(official)}) |",
+        f"| {measured.official_eval_s_per_image:.4f} | {workload.official_eval_images():,} | {official_eval:.0f} |"
+        + (f" {cpu.official_eval_s_per_image:.4f} |" if cpu else ""),
+        f"| **total** | | | **{official:.0f}** ({hours(official)}) |" + (" |" if cpu else ""),
         "",
         "Not counted for the official style: VPT's trainer also evaluates the test set after every epoch (a lower "
         "bound, then).",
@@ -366,6 +378,9 @@ def report(
     ]
     if notes:
         lines += ["", *(f"- note: {note}" for note in dict.fromkeys(notes))]
+    if cpu:
+        by_cpu = official_seconds(cpu, workload, workload.test_images) / vqt_seconds(cpu, workload, workload.test_images)
+        lines += ["", f"protocol speed-up by CPU seconds (this process' work, less sensitive to the load): {by_cpu:.1f}"]
     lines += ["", f"{SPEED_UP_LINE}{official / ours:.1f}"]
     return "\n".join(lines) + "\n"
 
@@ -426,23 +441,24 @@ def run(args: argparse.Namespace, backbone: nn.Module | None = None, command: st
     log = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     workdir = Path(tempfile.mkdtemp(prefix="vqt-protocol-time-", dir=args.workdir))
     try:
-        measured, chosen = run_vqt_protocol(
+        measured, cpu, chosen = run_vqt_protocol(
             backbone, spec, workload, workdir, classes=args.classes, queries=args.queries, device=device,
             precision=precision, extract_batch=args.extract_batch, eval_batch=args.extract_batch,
             workers=args.workers, store_dtype=args.store_dtype, notes=notes, log=log)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     log(f"official-style: {args.probe_steps} timed batches of {args.probe_batch} (after {args.warmup_steps}) ...")
-    train_rate, eval_rate = official_rates(
+    (train_rate, eval_rate), (train_cpu, eval_cpu) = official_rates(
         backbone, classes=args.classes, queries=args.queries, device=device, precision=precision,
         batch=args.probe_batch, steps=args.probe_steps, warmup_steps=args.warmup_steps)
     measured = Measured(**{**measured.__dict__, "official_train_s_per_image": train_rate,
                            "official_eval_s_per_image": eval_rate})
+    cpu = Measured(**{**cpu.__dict__, "official_train_s_per_image": train_cpu, "official_eval_s_per_image": eval_cpu})
     loads = (load_at_start, load_average())
     command = command or "python benchmarks/protocol_time.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     text = report(measured, workload, model=args.model, device=device, precision=precision, queries=args.queries,
                   probe=(args.probe_batch, args.probe_steps, args.warmup_steps), command=command.strip(),
-                  chosen=chosen, notes=notes, loads=loads,
+                  chosen=chosen, notes=notes, loads=loads, cpu=cpu if device.type == "cpu" else None,
                   img_size=int(backbone.patch_embed.img_size[0]))
     if args.out is not None:
         write_atomic(args.out, text.encode())
