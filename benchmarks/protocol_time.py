@@ -365,7 +365,8 @@ def report(
         "Not counted for the official style: VPT's trainer also evaluates the test set after every epoch (a lower "
         "bound, then).",
         "",
-        f"## Projection to the 19 VTAB-1k tasks (real test-set sizes, this run's Q={queries} and rates)",
+        f"## Projection to the 19 VTAB-1k tasks (real test-set sizes; this run's rates, E={workload.epochs}, "
+        f"Q={queries})",
         "",
         "| task | test images | this project | official-style | ratio |",
         "| --- | --- | --- | --- | --- |",
