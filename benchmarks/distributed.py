@@ -109,6 +109,11 @@ def check_kill(root: Path, work: Path, reference: Path, device: str, method: str
             "rerun_s": rerun, "same_results_md": same}
 
 
+def paired(top: list[float], bottom: list[float]) -> str:
+    ratios = [a / b for a, b in zip(top, bottom, strict=True)]
+    return f"{statistics.median(ratios):.2f}x (per repeat: {', '.join(f'{r:.2f}' for r in ratios)})"
+
+
 def fmt(values: list[float]) -> str:
     return ", ".join(f"{v:.1f}" for v in values)
 
@@ -141,10 +146,11 @@ def main() -> None:
         runs: dict[int, list[dict]] = {1: [], ranks: []}
         sweep_runs: dict[int, list[dict]] = {1: [], ranks: []}
         same = True
-        for repeat in range(options.repeats):  # 1 and N alternate, so the machine's other load hits both alike
-            for n in (1, ranks):
+        for repeat in range(options.repeats):  # 1 and N alternate (order flipped every repeat): load hits both alike
+            order = (1, ranks) if repeat % 2 == 0 else (ranks, 1)
+            for n in order:
                 runs[n].append(extraction(big, work, n, cores, options.backbone, device, options.images))
-            for n in (1, ranks):
+            for n in order:
                 out = work / f"sweep{n}-{repeat}"
                 sweep_runs[n].append({"ranks": n, "wall_s": run(n, sweep_args(tiny, out, device, options.method),
                                                                  cores)})
@@ -166,16 +172,18 @@ def main() -> None:
         f"Command: `python benchmarks/distributed.py {' '.join(sys.argv[1:])}`", "",
         f"Machine: {where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"1-minute load average {load_before:.1f} before, {load_after:.1f} after (other work shares the cores).",
-        "", f"Medians of {options.repeats} runs each (1 and {ranks} ranks alternating); every run in brackets.", "",
+        "", f"Medians of {options.repeats} runs each (1 and {ranks} ranks alternating, the order flipped every repeat); every run in brackets.", "",
         f"## Extraction (`vqt extract`, {options.backbone} at 224 px, {options.images} images, fp16 store)", "",
         "| ranks | wall s | start-up s (8 images) | images/s (without start-up) |", "|---|---|---|---|",
         *[f"| {r['ranks']} | {r['wall_s']:.1f} ({fmt(r['wall_s_all'])}) | {r['overhead_s']:.1f} "
           f"({fmt(r['overhead_s_all'])}) | {r['images_per_s']:.1f} ({fmt(r['images_per_s_all'])}) |" for r in rows],
-        "", f"Speed-up {ranks} ranks / 1: {rows[1]['images_per_s'] / rows[0]['images_per_s']:.2f}x", "",
+        "", f"Speed-up {ranks} ranks / 1 (median of the per-repeat ratios): "
+        f"{paired(rows[1]['images_per_s_all'], rows[0]['images_per_s_all'])}", "",
         f"## Sweep (`vqt sweep --method {options.method}`, 2 tasks x (4 grid units + 2 seeds), tiny ViT at 32 px)",
         "", "| ranks | wall s |", "|---|---|",
         *[f"| {s['ranks']} | {s['wall_s']:.1f} ({fmt(s['wall_s_all'])}) |" for s in sweeps], "",
-        f"Speed-up: {sweeps[0]['wall_s'] / sweeps[1]['wall_s']:.2f}x; results.md of {ranks} ranks identical to 1 "
+        f"Speed-up (median of the per-repeat ratios): {paired(sweeps[0]['wall_s_all'], sweeps[1]['wall_s_all'])}"
+        f"; results.md of {ranks} ranks identical to 1 "
         f"process (every repeat): {'yes' if same else 'NO'}", "",
     ]
     if kill is not None:

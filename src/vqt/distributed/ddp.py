@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from vqt.errors import VQTError
+from vqt.methods.vqt import VQT
 from vqt.precision import autocast
 from vqt.training import History, Recipe
 from vqt.training.cached import fit_epochs, image_batches
@@ -95,7 +96,7 @@ class Logits(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         model = self.model
         device = images.device
-        if hasattr(model, "tap") and hasattr(model, "features_from"):
+        if isinstance(model, VQT):
             with autocast(self.precision, device):
                 features = model.features_from(model.tap(images))
             return model.head(features.float())
