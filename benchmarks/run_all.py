@@ -117,7 +117,8 @@ def plan(device: str, quick: bool, python: str = sys.executable) -> list[Step]:
     steps.append(Step("inference", [*script("inference.py"), "--device", device, *size]))
 
     size = (["--quick", "--model", "vit_tiny_patch16_224", "--train-images", "16", "--val-images", "8",
-             "--epochs", "1", "--test-images", "8", "--probe-batch", "2", "--probe-steps", "1"] if quick else [])
+             "--epochs", "1", "--test-images", "8", "--probe-batch", "2", "--probe-steps", "1"] if quick
+            else ["--workers", "8"])  # the random test images are made on the CPU: in parallel, as a loader would
     steps.append(Step("protocol_time", [*script("protocol_time.py"), "--device", device, *size]))
     return steps
 
