@@ -11,8 +11,10 @@ Everything runs through the command line exactly as a user would (`vqt ...` for 
    (torchrun then stops the other rank), rerun with the same command: it must finish and give the 1-process
    results.md.
 
-Threads: a plain process uses every core (`OMP_NUM_THREADS` = cores), each of N ranks cores / N (torchrun's own
-default is 1), so 1 and N ranks use the same cores. On a CUDA machine the N ranks are every GPU (one per rank).
+Configurations on a CPU: one process with every core (`OMP_NUM_THREADS` = cores), one process with one thread, and
+N ranks with cores / N threads each (torchrun's own default is 1), so 1 and N ranks use the same cores; the
+one-thread process shows what the cores give without OpenMP (whose barriers cost far more than tiny models' maths
+when other work shares the cores). On a CUDA machine: one process on one GPU, and N ranks on every GPU.
 
     python benchmarks/distributed.py --check-kill --out benchmarks/results/distributed_cpu.md
 """
@@ -143,24 +145,28 @@ def main() -> None:
                             str(train), "--val", "8", "--test", "16", "--size", str(size)], check=True,
                            capture_output=True)
         load_before = os.getloadavg()[0]
-        runs: dict[int, list[dict]] = {1: [], ranks: []}
-        sweep_runs: dict[int, list[dict]] = {1: [], ranks: []}
+        # (ranks, cores they share): 1 process with every core, 1 process with 1 thread, N ranks with every core
+        configs = [(1, cores), (1, 1), (ranks, cores)] if cores > 1 and not cuda else [(1, cores), (ranks, cores)]
+        runs: dict[tuple[int, int], list[dict]] = {k: [] for k in configs}
+        sweep_runs: dict[tuple[int, int], list[dict]] = {k: [] for k in configs}
         same = True
-        for repeat in range(options.repeats):  # 1 and N alternate (order flipped every repeat): load hits both alike
-            order = (1, ranks) if repeat % 2 == 0 else (ranks, 1)
-            for n in order:
-                runs[n].append(extraction(big, work, n, cores, options.backbone, device, options.images))
-            for n in order:
-                out = work / f"sweep{n}-{repeat}"
-                sweep_runs[n].append({"ranks": n, "wall_s": run(n, sweep_args(tiny, out, device, options.method),
-                                                                 cores)})
-            same = same and (work / f"sweep1-{repeat}" / "results.md").read_text() == (
-                work / f"sweep{ranks}-{repeat}" / "results.md").read_text()
-        rows = [median_row(runs[n]) for n in (1, ranks)]
-        sweeps = [median_row(sweep_runs[n]) for n in (1, ranks)]
-        sweeps[0]["out"] = work / "sweep1-0"
+        for repeat in range(options.repeats):  # the configurations alternate, order reversed every other repeat
+            order = configs if repeat % 2 == 0 else configs[::-1]
+            for n, c in order:
+                runs[(n, c)].append({**extraction(big, work, n, c, options.backbone, device, options.images),
+                                     "threads": max(1, c // n)})
+            for n, c in order:
+                out = work / f"sweep{n}x{c}-{repeat}"
+                sweep_runs[(n, c)].append({"ranks": n, "threads": max(1, c // n),
+                                           "wall_s": run(n, sweep_args(tiny, out, device, options.method), c)})
+            for n, c in configs[1:]:  # every configuration's table equals the 1-process one
+                same = same and (work / f"sweep{n}x{c}-{repeat}" / "results.md").read_text() == (
+                    work / f"sweep1x{cores}-{repeat}" / "results.md").read_text()
+        rows = [median_row(runs[k]) for k in configs]
+        sweeps = [median_row(sweep_runs[k]) for k in configs]
+        reference = work / f"sweep1x{cores}-0"
         load_after = os.getloadavg()[0]
-        kill = check_kill(tiny, work, sweeps[0]["out"], device, options.method, cores) if options.check_kill else None
+        kill = check_kill(tiny, work, reference, device, options.method, cores) if options.check_kill else None
     finally:
         if options.keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -172,19 +178,21 @@ def main() -> None:
         f"Command: `python benchmarks/distributed.py {' '.join(sys.argv[1:])}`", "",
         f"Machine: {where}; torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
         f"1-minute load average {load_before:.1f} before, {load_after:.1f} after (other work shares the cores).",
-        "", f"Medians of {options.repeats} runs each (1 and {ranks} ranks alternating, the order flipped every repeat); every run in brackets.", "",
+        "", f"Medians of {options.repeats} runs of each configuration (alternating, the order reversed every other "
+        "repeat); every run in brackets. Threads: OMP_NUM_THREADS per process.", "",
         f"## Extraction (`vqt extract`, {options.backbone} at 224 px, {options.images} images, fp16 store)", "",
-        "| ranks | wall s | start-up s (8 images) | images/s (without start-up) |", "|---|---|---|---|",
-        *[f"| {r['ranks']} | {r['wall_s']:.1f} ({fmt(r['wall_s_all'])}) | {r['overhead_s']:.1f} "
+        "| ranks x threads | wall s | start-up s (8 images) | images/s (without start-up) |", "|---|---|---|---|",
+        *[f"| {r['ranks']} x {r['threads']} | {r['wall_s']:.1f} ({fmt(r['wall_s_all'])}) | {r['overhead_s']:.1f} "
           f"({fmt(r['overhead_s_all'])}) | {r['images_per_s']:.1f} ({fmt(r['images_per_s_all'])}) |" for r in rows],
-        "", f"Speed-up {ranks} ranks / 1 (median of the per-repeat ratios): "
-        f"{paired(rows[1]['images_per_s_all'], rows[0]['images_per_s_all'])}", "",
+        "", *[f"Speed-up {ranks} ranks / 1 process x {r['threads']} threads (median of the per-repeat ratios): "
+              f"{paired(rows[-1]['images_per_s_all'], r['images_per_s_all'])}  " for r in rows[:-1]], "",
         f"## Sweep (`vqt sweep --method {options.method}`, 2 tasks x (4 grid units + 2 seeds), tiny ViT at 32 px)",
-        "", "| ranks | wall s |", "|---|---|",
-        *[f"| {s['ranks']} | {s['wall_s']:.1f} ({fmt(s['wall_s_all'])}) |" for s in sweeps], "",
-        f"Speed-up (median of the per-repeat ratios): {paired(sweeps[0]['wall_s_all'], sweeps[1]['wall_s_all'])}"
-        f"; results.md of {ranks} ranks identical to 1 "
-        f"process (every repeat): {'yes' if same else 'NO'}", "",
+        "", "| ranks x threads | wall s |", "|---|---|",
+        *[f"| {s['ranks']} x {s['threads']} | {s['wall_s']:.1f} ({fmt(s['wall_s_all'])}) |" for s in sweeps], "",
+        *[f"Speed-up {ranks} ranks / 1 process x {s['threads']} threads (median of the per-repeat ratios): "
+          f"{paired(s['wall_s_all'], sweeps[-1]['wall_s_all'])}  " for s in sweeps[:-1]],
+        f"results.md of every configuration identical to the 1-process one (every repeat): {'yes' if same else 'NO'}",
+        "",
     ]
     if kill is not None:
         lines += ["## A rank killed mid-sweep, then the same command again", "",

@@ -153,9 +153,13 @@ def test_a_killed_worker_loses_only_its_unit_and_a_rerun_finishes(data_root: Pat
     victim = worker(args)
     deadline = time.time() + 240
     results = out / "tasks" / "dsprites_ori"
-    while time.time() < deadline and not (list(results.glob("grid/*/result.json"))
-                                          and list((out / "claims").rglob("*.claim"))):
-        time.sleep(0.02)  # kill it while it holds a claim, after at least one committed unit
+    while time.time() < deadline:  # kill it while it holds a claim, after at least one committed unit
+        if list(results.glob("grid/*/result.json")) and list((out / "claims").rglob("*.claim")):
+            os.kill(victim.pid, signal.SIGSTOP)
+            if list((out / "claims").rglob("*.claim")):
+                break  # still holding one: kill it now
+            os.kill(victim.pid, signal.SIGCONT)
+        time.sleep(0.02)
     os.kill(victim.pid, signal.SIGKILL)
     victim.communicate()
     committed = len(list(results.glob("*/*/result.json")))
