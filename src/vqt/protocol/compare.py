@@ -262,9 +262,9 @@ def memory_rows(
             missing.setdefault(run.method, []).append(run)
     if missing:
         if measure_all is None:
-            from vqt.methods import benchmark
+            from vqt.bench import methods as bench_methods
 
-            measure_all = benchmark.measure_all
+            measure_all = bench_methods.measure_all
         first = next(iter(missing.values()))[0]
         measured = measure_all(list(missing), first.backbone, batch, first.img_size, 0, device, progress=progress)
         description = _device_description(device)
