@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -12,7 +11,7 @@ from tqdm.auto import tqdm
 
 from vqt.features import FeatureStore
 from vqt.precision import autocast
-from vqt.training.cached import store_batches, tap_to
+from vqt.training.feeding import feed_batches, sequential_batches
 
 
 @torch.no_grad()
@@ -23,11 +22,10 @@ def store_features(model: nn.Module, store: FeatureStore, batch_size: int = 256,
     `precision` 'bf16' computes them under autocast (as a bf16 run trains); they are returned in fp32."""
     model.eval()
     device = model.head.weight.device
-    order = [np.arange(s, min(s + batch_size, len(store))) for s in range(0, len(store), batch_size)]
     features, labels = [], []
-    for tapped, batch_labels in store_batches(store, order):
+    for tapped, batch_labels in feed_batches(store, sequential_batches(len(store), batch_size), device):
         with autocast(precision, device):
-            batch_features = model.features_from(tap_to(tapped, device))
+            batch_features = model.features_from(tapped)
         features.append(batch_features.float())
         labels.append(batch_labels)
     return torch.cat(features), torch.cat(labels).to(device)

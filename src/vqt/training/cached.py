@@ -12,7 +12,7 @@ loss, parameters and Adam state in fp32 (`vqt_loss`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,10 +25,9 @@ from tqdm.auto import tqdm
 
 from vqt.backbone.tap import TapOutput
 from vqt.errors import VQTError
-from vqt.features.store import FeatureStore
 from vqt.methods.vqt import VQT, seeded_embed_dropout
 from vqt.precision import autocast
-from vqt.training.feeding import AnyStore, feed_batches, place_store, prefetch, sequential_batches
+from vqt.training.feeding import AnyStore, feed_batches, place_store, sequential_batches
 from vqt.training.recipe import Recipe, lr_at_epoch, make_optimizer, order_generator, seeded_query_dropout
 
 STORE_EMBED_DROPOUT = (
@@ -70,12 +69,6 @@ def tap_to(tapped: TapOutput, device: torch.device) -> TapOutput:
         tokens=[t.to(device, non_blocking=True) for t in tapped.tokens],
         pre_logits=tapped.pre_logits.to(device, non_blocking=True),
     )
-
-
-def store_batches(store: FeatureStore, batches: Sequence[np.ndarray], threaded: bool = True) -> Iterator:
-    """CPU batches of a store, read ahead in a thread (the trainers use `feeding.feed_batches`)."""
-    reads = (store.batch(index) for index in batches)
-    return prefetch(reads) if threaded else reads
 
 
 def image_batches(dataset: Dataset, batches: Sequence[np.ndarray], num_workers: int = 0) -> Iterable:
