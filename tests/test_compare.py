@@ -205,6 +205,7 @@ def test_same_method_labelled_by_folder_or_refused(runs, tmp_path: Path, fake_me
      "other backbone: vit_tiny_patch16_224@random vs deit_tiny_patch16_224@random"),
     ("dsprites_ori", ["--transform", "official"], "other transform: name \"backbone\" vs \"official\""),
     ("dsprites_ori", ["--img-size", "48"], "other image size: 32 vs 48"),
+    ("dsprites_ori", ["--precision", "bf16"], "other precision: fp32 vs bf16"),
     ("clevr_count", ["--method", "vqt"], "no task in common"),
 ])
 def test_refusals(runs, data_root: Path, tmp_path: Path, fake_measure, capsys, tasks, extra, message) -> None:  # noqa: F811

@@ -7,7 +7,8 @@ Rules (each refusal is one `VQTError` line naming the difference):
 
 - every path must be a finished or partial `vqt sweep` run folder (`config.yaml` and a `summary.json` with `rows`);
 - all runs must share the backbone (spelling), the input size (`img_size` of config.yaml, else the transform's
-  size) and the transform description (summary.json `transform`);
+  size), the transform description (summary.json `transform`) and the compute precision (config.yaml `precision`;
+  runs made before it was recorded are fp32);
 - their task lists must overlap; when they only partly do, the comparison uses the common tasks and says which
   were left out (group means are recomputed over the common tasks);
 - a run folder may be given once; two runs of the same method are labelled `method (folder name)`, and refused when
@@ -58,6 +59,7 @@ class Run:
     img_size: int | None
     transform: dict[str, Any] | None
     rows: list[dict[str, Any]]
+    precision: str
     status: str
     seconds: float | None
     config: dict[str, Any] = field(default_factory=dict)
@@ -107,6 +109,7 @@ def load_run(path: str | Path) -> Run:
         img_size=_effective_img_size(config, transform),
         transform=transform,
         rows=[dict(row) for row in summary["rows"]],
+        precision=str(config.get("precision") or "fp32"),
         status=str(summary.get("status", "unknown")),
         seconds=summary.get("seconds"),
         config=dict(config),
@@ -122,7 +125,7 @@ def _first_difference(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) 
 
 
 def check_comparable(runs: Sequence[Run]) -> None:
-    """Refuse runs that cannot share a table: backbone, image size, transform, the same folder twice."""
+    """Refuse runs that cannot share a table: backbone, image size, transform, precision, the same folder twice."""
     if not runs:
         raise VQTError("no run folders to compare")
     first = runs[0]
@@ -141,6 +144,8 @@ def check_comparable(runs: Sequence[Run]) -> None:
         if run.transform != first.transform:
             raise VQTError(f"runs not comparable, other transform: "
                            f"{_first_difference(first.transform, run.transform)} ({where})")
+        if run.precision != first.precision:
+            raise VQTError(f"runs not comparable, other precision: {first.precision} vs {run.precision} ({where})")
 
 
 def assign_labels(runs: Sequence[Run]) -> None:
@@ -354,7 +359,7 @@ def markdown(runs: Sequence[Run], tasks: Sequence[str], methods: Sequence[Mappin
     first = runs[0]
     labels = [run.label for run in runs]
     lines = [f"# Comparison on `{first.backbone}`, {first.img_size}px, transform "
-             f"`{(first.transform or {}).get('name', '?')}`", ""]
+             f"`{(first.transform or {}).get('name', '?')}`, {first.precision}", ""]
     if note:
         lines += [f"Note: {note}.", ""]
     lines += ["| Task | Group | " + " | ".join(labels) + " |", "|---|---|" + "---:|" * len(labels)]
