@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
+from tests.test_training import max_difference
 from tests.tiny_models import tiny_vit
 from vqt.backbone.tap import TapOutput
 from vqt.bench.memory import SavedActivations
@@ -31,11 +32,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 RECIPE = Recipe(lr=0.5, weight_decay=1e-3, batch_size=8, epochs=4, warmup_epochs=1)
 
 
-def relative_difference(a: VQT, b: VQT) -> float:
-    pairs = zip(a.trainable_parameters(), b.trainable_parameters(), strict=True)
-    return max(float((x - y).detach().abs().max() / y.detach().abs().max().clamp_min(1e-12)) for x, y in pairs)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory):
     backbone = tiny_vit("dinov2_ls_reg")
@@ -57,7 +53,7 @@ def test_bf16_store_training_is_close_to_fp32(setup) -> None:
         models[precision] = model
     # Measured (3 tiny families, 4 epochs): max |diff| / max |param| 0.004-0.008 (bf16's 2^-8 rounding, carried
     # through Adam). Bound ~2.5x that; the lower bound shows bf16 really computed (fp32 reruns agree exactly).
-    difference = relative_difference(models["bf16"], models["fp32"])
+    difference = max_difference(models["bf16"], models["fp32"])
     assert 1e-4 < difference <= 2e-2
     assert all(p.dtype == torch.float32 for p in models["bf16"].trainable_parameters())
 
@@ -94,7 +90,7 @@ def test_bf16_online_training_runs_the_backbone_under_autocast(setup) -> None:
     assert seen and set(seen) == {torch.bfloat16}  # the backbone pass itself computed in bf16
     assert all(p.dtype == torch.float32 for p in online.trainable_parameters())
     # Measured 0.013: the online tokens come from a bf16 backbone pass, the store's from an fp32 one.
-    assert relative_difference(online, cached) <= 4e-2
+    assert max_difference(online, cached) <= 4e-2
 
 
 @pytest.mark.parametrize("variant", ["concat", "weighted"])
@@ -111,7 +107,7 @@ def test_grid_under_bf16_equals_each_configuration_alone_under_bf16(setup, varia
         # Within bf16 rounding: the grid's matmuls have other shapes (C*Q query rows), so fp32 accumulation can
         # round a bf16 output the other way. Measured over 3 families: concat <= 9e-4, weighted <= 5.2e-3
         # (its weights' gradients are rounding noise, see test_training.py); bf16 vs fp32 itself is 4e-3-8e-3.
-        assert relative_difference(result.model(index), alone) <= (3e-3 if variant == "concat" else 1.5e-2)
+        assert max_difference(result.model(index), alone) <= (3e-3 if variant == "concat" else 1.5e-2)
         assert result.histories[index].train_loss == pytest.approx(history.train_loss, rel=5e-3)
 
 

@@ -15,6 +15,7 @@ import torch
 import yaml
 from torch.utils.data import TensorDataset
 
+from tests.test_user_errors import one_error_line
 from tests.tiny_models import tiny_vit
 from vqt.cli.main import main
 from vqt.errors import StoreError, VQTError
@@ -33,14 +34,6 @@ STORE_KW = dict(backbone_spec="tiny", transform={"name": "test"}, dataset_meta={
 def images(seed: int = 0, count: int = 16) -> TensorDataset:
     generator = torch.Generator().manual_seed(seed)
     return TensorDataset(torch.randn(count, 3, 32, 32, generator=generator), torch.arange(count) % 4)
-
-
-def one_error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("vqt: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 # --- resolution ---------------------------------------------------------------------------------------------
