@@ -41,7 +41,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from vqt.backbone.query_path import choose_form
 from vqt.backbone.sources import create_backbone
 from vqt.features import extract_features, open_store
-from vqt.methods.vqt import VQT, combine_features
+from vqt.methods.vqt import VQT
+from vqt.methods.vqt_concat import ConcatVQT
 from vqt.precision import autocast, resolve_precision
 from vqt.training import LR_GRID, WD_GRID, Recipe, grid_configs, seed_init, train_cached, train_grid
 from vqt.training.feeding import resolve_store_device, store_nbytes
@@ -114,43 +115,22 @@ def matmul_flops_per_s(device: torch.device, dtype: torch.dtype, repeats: int = 
     return 2 * size**3 / best, size
 
 
-def official_style_step(model: VQT, images: torch.Tensor, labels: torch.Tensor, optimizer) -> None:
-    """One training step the official way: queries concatenated to the tokens, a boolean mask keeps them apart,
-    and autograd records the whole backbone (it cannot know the ordinary rows do not depend on the queries)."""
-    backbone = model.backbone
-    x = backbone.norm_pre(backbone.patch_drop(backbone._pos_embed(backbone.patch_embed(images))))
-    outputs = []
-    for block, queries in zip(backbone.blocks, model.queries, strict=True):
-        n, q = x.shape[1], queries.shape[0]
-        allowed = torch.zeros(n + q, n + q, dtype=torch.bool, device=x.device)
-        allowed[:, :n] = True  # every row sees the ordinary tokens only
-        seq = torch.cat([x, model.query_dropout(queries.unsqueeze(0).expand(x.shape[0], -1, -1))], dim=1)
-        seq = block(seq, attn_mask=allowed)
-        x, out = seq[:, :n], seq[:, n:]
-        outputs.append(out)
-    pre_logits = backbone.forward_head(backbone.norm(x), pre_logits=True)
-    loss = F.cross_entropy(model.head(combine_features(pre_logits, outputs)), labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-
-
-def online_step(model: VQT, images: torch.Tensor, labels: torch.Tensor, optimizer) -> None:
+def training_step(model: VQT, images: torch.Tensor, labels: torch.Tensor, optimizer) -> None:
     loss = F.cross_entropy(model(images), labels)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
 
 
-def probe_epoch(step, model: VQT, dataset: TensorDataset, probe: int, images_per_epoch: int, precision: str) -> float:
+def probe_epoch(model: VQT, dataset: TensorDataset, probe: int, images_per_epoch: int, precision: str) -> float:
     """Seconds per epoch, extrapolated from one timed batch of `probe` images (after a 2-image warm-up)."""
     images, labels = (t.to(DEVICE) for t in dataset.tensors)
     optimizer = make_optimizer(model, Recipe(warmup_epochs=0))
     model.train()
 
     def run(count: int) -> None:
-        with autocast(precision, DEVICE):  # both steps' losses stay fp32 (cross-entropy autocasts to fp32)
-            step(model, images[:count], labels[:count], optimizer)
+        with autocast(precision, DEVICE):  # the loss stays fp32 (cross-entropy autocasts to fp32)
+            training_step(model, images[:count], labels[:count], optimizer)
 
     run(2)
     seconds = timed(lambda: run(probe))
@@ -232,8 +212,12 @@ def bench_model(name: str, args: argparse.Namespace, workdir: Path) -> dict:
 
     # Official-style and online epochs, extrapolated from one probe batch.
     probe = (args.probe_images, args.images, args.precision)
-    row["official_epoch_s"] = probe_epoch(official_style_step, model, dataset, *probe)
-    row["online_epoch_s"] = probe_epoch(online_step, model, dataset, *probe)
+    # The official style is `ConcatVQT` (queries in the sequence under a mask, autograd through the backbone), the
+    # implementation protocol_time.py and memory.py time too; same layout and parameters as `model`.
+    official = ConcatVQT(backbone, num_classes=args.classes, num_queries=1).to(DEVICE)
+    official.load_state_dict(model.state_dict())
+    row["official_epoch_s"] = probe_epoch(official, dataset, *probe)
+    row["online_epoch_s"] = probe_epoch(model, dataset, *probe)
     shutil.rmtree(store_dir, ignore_errors=True)
     return row
 
