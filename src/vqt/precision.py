@@ -15,6 +15,21 @@ import torch
 from vqt.errors import VQTError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def master_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype trained parameters, logits and the loss keep for a backbone in `dtype`: float64 stays float64,
+    everything narrower than float32 (bf16, fp16) trains in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def to_master(tensor: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
+    """`tensor` in the master dtype: `like`'s dtype when given (a head's weight), else bf16/fp16 upcast to fp32
+    and float32/float64 left as they are (never a hard-coded `.float()`, which would break float64 models)."""
+    if like is not None:
+        return tensor.to(like.dtype)
+    return tensor.float() if tensor.dtype in HALF_DTYPES else tensor
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:

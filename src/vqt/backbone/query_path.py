@@ -11,10 +11,17 @@ Two exact forms of the attention:
   wrapped (e.g. LoRA) qkv; cheaper once queries x configurations exceed the head dimension.
 - "absorbed": logits = (W_k,h^T q_h) . x_i (the q_h . b_k term is constant over i and cancels in the softmax),
   output = W_v,h (sum_i a_i x_i) + b_v,h. Autograd then saves X_l once instead of K and V: half the memory.
+
+Under `torch.autocast` (bf16/fp16) a frozen block's weights would be recast to the low dtype by every matmul of
+every step, and autograd would save those casts (about 8 D^2 values per layer per step, whatever the batch). A
+frozen fp32/fp64 block is therefore copied to the autocast dtype once (`compute_block`) and the query path runs
+on that copy: no weight is recast or saved per step. The copy is rebuilt only when the block's weights change.
 """
 
 from __future__ import annotations
 
+import copy
+import weakref
 from typing import Literal
 
 import torch
@@ -33,6 +40,39 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
         enabled = torch.is_autocast_cpu_enabled() if cpu else torch.is_autocast_enabled()
         dtype = torch.get_autocast_cpu_dtype() if cpu else torch.get_autocast_gpu_dtype()
     return dtype if enabled else None
+
+
+# block -> (what the copy was made from, the copy); weak, so a dropped backbone takes its copies with it.
+_COPIES: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]] = weakref.WeakKeyDictionary()
+
+
+def _weights_key(block: nn.Module, dtype: torch.dtype) -> tuple:
+    """Identifies a block's current weights: storage, in-place version (bumped by `copy_`, `load_state_dict`)."""
+    return (dtype, *((p.device, p.data_ptr(), p._version, p.dtype) for p in block.parameters()))
+
+
+def compute_block(block: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`block` with its weights in `dtype`, copied once and reused while the block's weights are unchanged.
+
+    Only a frozen block of a wider float dtype is copied; a block with trainable weights (LoRA, AdaptFormer,
+    fine-tuning combinations) must be differentiated through its own weights and is returned as it is.
+    """
+    parameters = list(block.parameters())
+    if (not parameters or any(p.requires_grad for p in parameters)
+            or parameters[0].dtype not in (torch.float32, torch.float64) or parameters[0].dtype == dtype):
+        return block
+    key = _weights_key(block, dtype)
+    cached = _COPIES.get(block)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, copy.deepcopy(block).to(dtype))
+        _COPIES[block] = cached
+    return cached[1]
+
+
+def compute_copies(module: nn.Module) -> list[nn.Module]:
+    """The low-precision copies `compute_block` holds for `module`'s blocks (persistent, not per-step memory)."""
+    return [cached[1] for sub in module.modules() if (cached := _COPIES.get(sub)) is not None]
 
 
 def _plain_qkv(attn: nn.Module) -> bool:
@@ -111,13 +151,16 @@ def query_block_output(
 
     The path computes in the dtype of the block's weights: queries and tokens are cast to it (fp32 queries of a
     bf16 backbone keep their fp32 master copy; the gradient flows back through the cast), a store's fp16/bf16
-    tokens are upcast for an fp32 backbone. Under `torch.autocast` (`--precision bf16`) the tokens are cast
-    once to the autocast dtype instead: both attention matmuls then read that one copy, so autograd saves X_l
-    at half the bytes (autocast alone would cast, and save, a copy per matmul).
+    tokens are upcast for an fp32 backbone. Under `torch.autocast` (`--precision bf16`) a frozen block computes
+    from its copy in the autocast dtype (`compute_block`, made once), and the tokens are cast once to that dtype:
+    both attention matmuls read that one copy, so autograd saves X_l at half the bytes and no weight cast.
     """
+    low = autocast_dtype(tokens.device)
+    if low is not None:
+        block = compute_block(block, low)
     attn = block.attn
     dtype = block.norm1.weight.dtype if getattr(block.norm1, "weight", None) is not None else queries.dtype
-    queries, tokens = queries.to(dtype), tokens.to(autocast_dtype(tokens.device) or dtype)
+    queries, tokens = queries.to(dtype), tokens.to(low or dtype)
     if form == "auto":
         form = choose_form(block, queries.shape[1])
     if form == "absorbed" and not isinstance(attn.k_norm, nn.Identity):

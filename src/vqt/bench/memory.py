@@ -2,9 +2,12 @@
 
 `SavedActivations` uses `torch.autograd.graph.saved_tensors_hooks` to see every tensor autograd keeps for
 backward, counts each storage once, and leaves out parameters and buffers (they exist anyway), so the number is
-the activation memory a method adds per step. Under bf16 autocast the weights' bf16 copies that autograd keeps are
-also counted, and reported apart (`cast_bytes`): they are a per-step constant, not a per-image cost. Peak memory is the CUDA allocator's peak on a GPU and the process'
-peak RSS on the CPU, measured in a fresh process per case so one case's peak cannot hide another's.
+the activation memory a method adds per step. Everything else autograd keeps counts, the bf16 weight casts autocast
+makes every step and their slices included (`cast_bytes` names the part recognised as casts of whole parameters:
+a per-step constant, not a per-image cost). The query path's low-precision block copies, made once and reused
+(`vqt.backbone.query_path.compute_block`), are persistent like the weights: left out of `bytes` and reported as
+`persistent_bytes`. Peak memory is the CUDA allocator's peak on a GPU and the process' peak RSS on the CPU,
+measured in a fresh process per case so one case's peak cannot hide another's.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from vqt.backbone.query_path import compute_copies
+
 
 class SavedActivations:
     """Context manager: total bytes of distinct non-parameter storages saved for backward inside it.
@@ -27,9 +32,11 @@ class SavedActivations:
     """
 
     def __init__(self, modules: Iterable[nn.Module] = ()) -> None:
+        self._modules = list(modules)
+        self._copies: dict[int, int] = {}  # storage -> bytes of the persistent low-precision block copies
         self._excluded: set[int] = set()
         self._by_shape: dict[tuple[int, ...], list[torch.Tensor]] = {}
-        for module in modules:
+        for module in self._modules:
             for tensor in [*module.parameters(), *module.buffers()]:
                 self._excluded.add(tensor.untyped_storage().data_ptr())
             for parameter in module.parameters():
@@ -60,11 +67,17 @@ class SavedActivations:
 
     @property
     def bytes(self) -> int:
-        return sum(self._seen.values())
+        """Bytes saved for backward in this step, weight casts and slices included, persistent copies not."""
+        return sum(size for pointer, size in self._seen.items() if pointer not in self._copies)
 
     @property
     def cast_bytes(self) -> int:
-        return sum(self._seen[pointer] for pointer in self._casts)
+        return sum(self._seen[pointer] for pointer in self._casts if pointer not in self._copies)
+
+    @property
+    def persistent_bytes(self) -> int:
+        """Bytes of the query path's low-precision block copies (made once, like a cast backbone)."""
+        return sum(self._copies.values())
 
     def __enter__(self) -> SavedActivations:
         self._hooks.__enter__()
@@ -72,6 +85,11 @@ class SavedActivations:
 
     def __exit__(self, *exc: object) -> None:
         self._hooks.__exit__(*exc)
+        for module in self._modules:  # the copies may have been made inside this step (the first one)
+            for block in compute_copies(module):
+                for tensor in [*block.parameters(), *block.buffers()]:
+                    storage = tensor.untyped_storage()
+                    self._copies[storage.data_ptr()] = storage.nbytes()
 
 
 def current_rss_bytes() -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from vqt.bench.memory import SavedActivations, current_rss_bytes, peak_rss_bytes, reset_peak_rss, run_isolated
-from vqt.precision import autocast
+from vqt.precision import autocast, to_master
 
 MiB = 2**20
 DEFAULT_METHODS: tuple[str, ...] = (
@@ -70,7 +70,7 @@ def measure_method(
         optimizer.zero_grad(set_to_none=True)
         with SavedActivations([model]) as saved, autocast(precision, device):
             logits = model(images)
-        loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+        loss = torch.nn.functional.cross_entropy(to_master(logits), labels)
         loss.backward()
         optimizer.step()
         return saved.bytes - saved.cast_bytes, saved.cast_bytes

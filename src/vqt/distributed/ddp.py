@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from vqt.errors import VQTError
 from vqt.methods.vqt import VQT
-from vqt.precision import autocast
+from vqt.precision import autocast, to_master
 from vqt.training import History, Recipe
 from vqt.training.cached import fit_epochs, image_batches
 from vqt.training.recipe import make_optimizer
@@ -99,10 +99,10 @@ class Logits(nn.Module):
         if isinstance(model, VQT):
             with autocast(self.precision, device):
                 features = model.features_from(model.tap(images))
-            return model.head(features.float())
+            return model.head(features.to(model.head.weight.dtype))
         with autocast(self.precision, device):
             logits = model(images)
-        return logits.float()
+        return to_master(logits)
 
 
 def fit_ddp(

@@ -47,6 +47,7 @@ from torch import nn
 
 from vqt.backbone.tap import BackboneTap, TapOutput
 from vqt.methods.feature_selection import SelectedHead, select_and_refit, select_features
+from vqt.precision import to_master
 
 SOURCES: tuple[str, ...] = ("norm1", "attn", "norm2", "mlp_hidden", "mlp", "block")
 STORE_SOURCES: tuple[str, ...] = ("norm1", "attn")
@@ -187,7 +188,7 @@ class Head2Toe(nn.Module):
         for block_pieces in per_block:
             for source in self.sources:
                 pieces.extend(block_pieces[source])
-        return torch.cat([F.normalize(p.float(), dim=-1, eps=1e-12) for p in pieces], dim=-1)
+        return torch.cat([F.normalize(to_master(p), dim=-1, eps=1e-12) for p in pieces], dim=-1)
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> torch.Tensor:

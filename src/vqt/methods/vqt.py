@@ -21,6 +21,7 @@ from torch import nn
 
 from vqt.backbone.query_path import Form, query_block_output
 from vqt.backbone.tap import BackboneTap, TapOutput
+from vqt.precision import master_dtype
 
 Variant = Literal["concat", "mean", "weighted"]
 VARIANTS: tuple[str, ...] = ("concat", "mean", "weighted")
@@ -162,12 +163,15 @@ class VQT(nn.Module):
         self.variant: Variant = variant
         self.form: Form = form
         self.embed_dropout = embed_dropout
-        self.queries = nn.ParameterList([nn.Parameter(torch.empty(q, dim)) for q in num_queries])
+        # Master parameters: float64 for a float64 backbone, float32 for fp32 / bf16 / fp16 ones.
+        master = dict(dtype=master_dtype(self.tap.dtype))
+        self.queries = nn.ParameterList([nn.Parameter(torch.empty(q, dim, **master)) for q in num_queries])
         self.layer_weights = (
-            nn.ParameterList([nn.Parameter(torch.ones(q)) for q in num_queries]) if variant == "weighted" else None
+            nn.ParameterList([nn.Parameter(torch.ones(q, **master)) for q in num_queries])
+            if variant == "weighted" else None
         )
         self.query_dropout = nn.Dropout(query_dropout)
-        self.head = nn.Linear(feature_dim(dim, num_queries, variant), num_classes)
+        self.head = nn.Linear(feature_dim(dim, num_queries, variant), num_classes, **master)
         self.reset_parameters()
         self.train()
 

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vqt.features import FeatureStore
-from vqt.precision import autocast
+from vqt.precision import autocast, to_master
 from vqt.training.feeding import feed_batches, sequential_batches
 
 
@@ -26,7 +26,7 @@ def store_features(model: nn.Module, store: FeatureStore, batch_size: int = 256,
     for tapped, batch_labels in feed_batches(store, sequential_batches(len(store), batch_size), device):
         with autocast(precision, device):
             batch_features = model.features_from(tapped)
-        features.append(batch_features.float())
+        features.append(to_master(batch_features))
         labels.append(batch_labels)
     return torch.cat(features), torch.cat(labels).to(device)
 

@@ -29,7 +29,7 @@ from vqt.distributed.ddp import fit_ddp, use_ddp, world
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.vqt import VQT, seeded_embed_dropout
-from vqt.precision import autocast
+from vqt.precision import autocast, to_master
 from vqt.protocol.build import HEAD_METHODS, build_model
 from vqt.protocol.evaluation import evaluate_images, store_features
 from vqt.training import GridConfig, History, Recipe, train_grid, train_online
@@ -168,7 +168,7 @@ def fit_online(
     def loss_of(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         with autocast(precision, device):
             logits = model(images.to(device))
-        return F.cross_entropy(logits.float(), labels.to(device))
+        return F.cross_entropy(to_master(logits), labels.to(device))
 
     return fit_epochs(
         model, make_optimizer(model, recipe), recipe, len(dataset),  # type: ignore[arg-type]

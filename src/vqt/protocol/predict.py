@@ -16,6 +16,7 @@ import torch
 from vqt.data.images import IMAGE_EXTENSIONS, open_rgb
 from vqt.data.transforms import transform_from_description
 from vqt.errors import DataError, VQTError
+from vqt.precision import to_master
 from vqt.protocol.data import check_data_root, make_dataset, read_split, resolve_task_list
 from vqt.protocol.evaluation import evaluate_images
 from vqt.protocol.trained import load_trained
@@ -74,7 +75,7 @@ def predict(adapter: str | Path, paths: Sequence[str | Path], *, top_k: int = 5,
     for start in range(0, len(files), batch_size):
         batch = files[start : start + batch_size]
         images = torch.stack([transform(open_rgb(path)) for path in batch]).to(device)
-        probabilities = model(images).float().softmax(-1)
+        probabilities = to_master(model(images)).softmax(-1)
         scores, indices = probabilities.topk(k, dim=-1)
         for path, row_scores, row_indices in zip(batch, scores.tolist(), indices.tolist(), strict=True):
             results.append({"path": str(path), "predictions": [

@@ -128,11 +128,11 @@ def fit_epochs(
 
 def vqt_loss(model: VQT, tapped: TapOutput, labels: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
     """A batch's cross-entropy: the query path under `precision`'s autocast, the head's logits and the loss in
-    fp32 (the features are cast to fp32 before the fp32 head), so the parameters' gradients are fp32."""
+    the master dtype (the head's: fp32, or fp64 for a float64 model), so the parameters' gradients are too."""
     device = _device(model)
     with autocast(precision, device):
         features = model.features_from(tapped)
-    return F.cross_entropy(model.head(features.float()), labels.to(device))
+    return F.cross_entropy(model.head(features.to(model.head.weight.dtype)), labels.to(device))
 
 
 def _fit_vqt(
@@ -260,7 +260,7 @@ def evaluate_store(
         for index, model in enumerate(models):
             with autocast(precision, device):
                 features = model.features_from(tapped_on(tapped, _device(model)))
-            logits = model.head(features.float())
+            logits = model.head(features.to(model.head.weight.dtype))
             correct[index] += (logits.argmax(-1) == labels.to(logits.device)).sum()
     return [int(c) / max(1, len(store)) for c in correct]
 

@@ -86,7 +86,7 @@ def evaluate_streaming(
         for index, model in enumerate(models):
             with autocast(precision, device):
                 features = model.features_from(tapped)
-            logits = model.head(features.float())
+            logits = model.head(features.to(model.head.weight.dtype))
             predictions[index].append(logits.argmax(-1))
         labels.append(torch.as_tensor(batch_labels).to(torch.int64))
     all_labels = torch.cat(labels) if labels else torch.empty(0, dtype=torch.int64)

@@ -189,10 +189,12 @@ class VQTGrid(nn.Module):
         return combine_features(pre_logits, outputs, template.variant, weights)
 
     def logits(self, tapped: TapOutput, precision: str = "fp32") -> torch.Tensor:
-        """(C, B, K) logits: the query path under `precision`'s autocast, the heads in fp32 (one batched matmul)."""
+        """(C, B, K) logits: the query path under `precision`'s autocast, the heads in the master dtype (one batched
+        matmul)."""
         with autocast(precision, self.head_weight.device):
             features = self.features(tapped)
-        return torch.baddbmm(self.head_bias.unsqueeze(1), features.float(), self.head_weight.transpose(1, 2))
+        return torch.baddbmm(self.head_bias.unsqueeze(1), features.to(self.head_weight.dtype),
+                             self.head_weight.transpose(1, 2))
 
     def export(self, index: int) -> VQT:
         """Configuration `index` as an ordinary VQT on the same backbone (for saving, evaluation)."""
