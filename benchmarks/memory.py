@@ -2,12 +2,14 @@
 
 For each backbone and batch size, every method runs one training step (forward, backward, optimizer step) in a
 fresh process, so its peak memory is its own. Printed side by side from one run:
-- saved-activation MiB/sample: bytes autograd keeps for backward (distinct storages, parameters excluded);
+- saved MiB/step and MiB/sample: every byte autograd keeps for backward (distinct storages, parameters excluded;
+  autocast's per-step weight casts and their slices included; VQT's bf16 block copies, made once, reported apart);
 - peak training memory: CUDA peak allocation on a GPU, process peak RSS on the CPU (MiB, whole process);
 - step time (s), one step after one warm-up step.
 
     python benchmarks/memory.py                       # ViT-S/16 and ViT-B/16, batch 8 and 32, random weights
     python benchmarks/memory.py --models vit_small_patch16_224 --batches 8 --out results.md
+    python benchmarks/memory.py --precision fp32 bf16 --batches 8    # fp32 and bf16 autocast side by side
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from vqt.bench.memory import SavedActivations, current_rss_bytes, peak_rss_bytes, reset_peak_rss, run_isolated
+from vqt.precision import autocast, to_master
 
 METHODS = ("vqt", "vqt-official-style", "vpt-deep-10", "full-finetune")
 MiB = 2**20
@@ -48,8 +51,8 @@ def build(method: str, arch: str, num_classes: int) -> torch.nn.Module:
     raise ValueError(method)
 
 
-def one_case(method: str, arch: str, batch: int, device: str) -> dict:
-    """Runs in its own process: build, one warm-up step, one measured step."""
+def one_case(method: str, arch: str, batch: int, device: str, precision: str = "fp32") -> dict:
+    """Runs in its own process: build, one warm-up step, one measured step (forward under `precision`)."""
     torch.manual_seed(0)
     num_classes = 100
     model = build(method, arch, num_classes).to(device).train()
@@ -61,13 +64,18 @@ def one_case(method: str, arch: str, batch: int, device: str) -> dict:
     def step(count_saved: bool) -> int:
         optimizer.zero_grad(set_to_none=True)
         with SavedActivations([model]) as saved:
-            loss = torch.nn.functional.cross_entropy(model(images), labels)
+            with autocast(precision, device):
+                logits = model(images)
+            loss = torch.nn.functional.cross_entropy(to_master(logits), labels)
         loss.backward()
         optimizer.step()
+        persistent[0] = saved.persistent_bytes
         return saved.bytes if count_saved else 0
 
+    persistent = [0]
+    step(False)  # warm-up: one-time work (VQT's bf16 block copies) is not the measured step's
+
     if device == "cuda":
-        step(False)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -90,7 +98,10 @@ def one_case(method: str, arch: str, batch: int, device: str) -> dict:
         "method": method,
         "arch": arch,
         "batch": batch,
+        "precision": precision,
+        "saved_mib_per_step": saved / MiB,
         "saved_mib_per_sample": saved / MiB / batch,
+        "persistent_mib": persistent[0] / MiB,
         "peak_mib": peak / MiB,
         "step_increase_mib": (peak - before) / MiB,
         "step_s": elapsed,
@@ -103,37 +114,46 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["vit_small_patch16_224", "vit_base_patch16_224"])
     parser.add_argument("--batches", nargs="+", type=int, default=[8, 32])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"],
+                        help="compute precisions to measure, side by side (bf16: the forward under autocast)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
     args = parser.parse_args()
+    methods = ["vqt", *[m for m in args.methods if m != "vqt"]]  # VQT first: the ratios' reference
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({platform.processor() or 'x86_64'})"
     peak_name = "CUDA peak alloc" if args.device == "cuda" else "peak RSS"
     lines = [
         f"Device: {where}, {torch.get_num_threads()} threads; torch {torch.__version__}; {date.today()}",
         "",
-        f"| backbone | batch | method | saved MiB/sample | ratio to VQT | {peak_name} MiB | step increase MiB "
-        "| step s | trainable |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| backbone | batch | precision | method | saved MiB/step | saved MiB/sample | ratio to VQT "
+        f"| once-made copies MiB | {peak_name} MiB | step increase MiB | step s | trainable |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ratios = []
     for arch in args.models:
         for batch in args.batches:
-            rows = [run_isolated(one_case, method, arch, batch, args.device) for method in METHODS]
-            ours = rows[0]["saved_mib_per_sample"]
-            for row in rows:
-                lines.append(
-                    f"| {arch} | {batch} | {row['method']} | {row['saved_mib_per_sample']:.2f} | "
-                    f"{row['saved_mib_per_sample'] / ours:.1f}x | {row['peak_mib']:.0f} | {row['step_increase_mib']:.0f} | "
-                    f"{row['step_s']:.2f} | "
-                    f"{row['trainable']:,} |"
-                )
-                print(lines[-1], flush=True)
-            by_method = {row["method"]: row["saved_mib_per_sample"] for row in rows}
-            ratios.append(
-                f"{arch} batch {batch}: VQT/VPT-deep = {ours / by_method['vpt-deep-10']:.3f}, "
-                f"VQT/official-style = {ours / by_method['vqt-official-style']:.3f} (goal <= 0.10 each)"
-            )
-    lines += ["", "Saved-activation ratios (this VQT ÷ other), measured in this run:", ""]
+            vqt_by_precision = {}
+            for precision in args.precision:
+                rows = [run_isolated(one_case, method, arch, batch, args.device, precision) for method in methods]
+                ours = rows[0]["saved_mib_per_step"]
+                vqt_by_precision[precision] = ours
+                for row in rows:
+                    lines.append(
+                        f"| {arch} | {batch} | {precision} | {row['method']} | {row['saved_mib_per_step']:.1f} | "
+                        f"{row['saved_mib_per_sample']:.2f} | {row['saved_mib_per_step'] / ours:.1f}x | "
+                        f"{row['persistent_mib']:.1f} | {row['peak_mib']:.0f} | {row['step_increase_mib']:.0f} | "
+                        f"{row['step_s']:.2f} | {row['trainable']:,} |"
+                    )
+                    print(lines[-1], flush=True)
+                by_method = {row["method"]: row["saved_mib_per_step"] for row in rows}
+                parts = [f"VQT/{m} = {ours / by_method[m]:.3f}" for m in methods[1:]
+                         if m in ("vpt-deep-10", "vqt-official-style")]
+                ratios.append(f"{arch} batch {batch} {precision}: " + ", ".join(parts) + " (goal <= 0.10 each)")
+            if {"fp32", "bf16"} <= set(vqt_by_precision):
+                ratios.append(f"{arch} batch {batch}: VQT bf16 / VQT fp32 = "
+                              f"{vqt_by_precision['bf16'] / vqt_by_precision['fp32']:.3f} (goal <= 0.6)")
+    lines += ["", "Saved bytes per step, weights included (this VQT ÷ other), measured in this run:", ""]
     lines += [f"- {r}" for r in ratios]
     text = "\n".join(lines)
     print("\n" + text)
@@ -141,8 +161,10 @@ def main() -> None:
         command = "python benchmarks/memory.py " + " ".join(sys.argv[1:])
         notes = (
             "Peak RSS is the process peak during the step (Python, torch and the weights included; the peak is reset "
-            "after the model is built); 'step increase' is the peak "
-            "minus the RSS just before the first step. Step times are from a shared 2-core machine."
+            "after the model is built and one warm-up step); 'step increase' is the peak "
+            "minus the RSS just before the measured step. Every method runs its forward under the same autocast "
+            "(bf16) and the loss in fp32. 'once-made copies' are VQT's bf16 block copies (persistent, like the "
+            "weights; not in the saved bytes). Step times are from a shared 2-core machine."
         )
         args.out.write_text(f"Command: `{command}`\n\n{notes}\n\n{text}\n")
 

@@ -113,6 +113,16 @@ def test_synth_sweep_predict_end_to_end(data_root: Path, tmp_path: Path, capsys)
         assert all(p["class"] in names for p in item["predictions"])
         scores = [p["score"] for p in item["predictions"]]
         assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1 + 1e-6
+    # --precision bf16 really computes in bf16 (scores move by bf16 rounding, the format stays).
+    assert main(["predict", str(adapter), str(images), "--top-k", "3", "--json", "--precision", "bf16"]) == 0
+    low = json.loads(capsys.readouterr().out)
+    assert [item["path"] for item in low] == [item["path"] for item in predictions]
+    moved = max(abs(a["score"] - b["score"]) for x, y in zip(low, predictions, strict=True)
+                for a, b in zip(x["predictions"], y["predictions"], strict=True) if a["index"] == b["index"])
+    assert 0 < moved < 0.1
+    assert main(["eval", str(adapter), "--data-root", str(data_root), "--task", "dsprites_ori", "--json",
+                 "--no-progress", "--precision", "bf16"]) == 0
+    assert abs(json.loads(capsys.readouterr().out)["accuracy"] - evaluated["accuracy"]) <= 0.25
     compressed_adapter = adapter.parent / "adapter-compressed"
     assert main(["predict", str(compressed_adapter), str(images / "000000.png")]) == 0
     assert "000000.png" in capsys.readouterr().out

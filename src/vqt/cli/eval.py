@@ -16,6 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="split to evaluate")
     parser.add_argument("--batch-size", type=int, default=64, help="images per backbone pass")
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="compute precision of the backbone and query path (auto: bf16 on a CUDA GPU that "
+                             "supports it, fp32 elsewhere), as in training")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)
@@ -27,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     result = user_errors(evaluate_adapter)(args.adapter, args.data_root, args.task, args.split,
                                            batch_size=args.batch_size, num_workers=args.num_workers,
-                                           progress=not args.no_progress)
+                                           progress=not args.no_progress, precision=args.precision)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

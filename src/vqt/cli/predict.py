@@ -14,6 +14,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("images", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="compute precision of the backbone and query path (auto: bf16 on a CUDA GPU that "
+                             "supports it, fp32 elsewhere), as in training")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
 
@@ -22,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
     from vqt.protocol.predict import predict
     from vqt.protocol.rundir import user_errors
 
-    results = user_errors(predict)(args.adapter, args.images, top_k=args.top_k, batch_size=args.batch_size)
+    results = user_errors(predict)(args.adapter, args.images, top_k=args.top_k, batch_size=args.batch_size,
+                                     precision=args.precision)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -16,7 +16,7 @@ import torch
 from vqt.data.images import IMAGE_EXTENSIONS, open_rgb
 from vqt.data.transforms import transform_from_description
 from vqt.errors import DataError, VQTError
-from vqt.precision import to_master
+from vqt.precision import autocast, resolve_precision, to_master
 from vqt.protocol.data import check_data_root, make_dataset, read_split, resolve_task_list
 from vqt.protocol.evaluation import evaluate_images
 from vqt.protocol.trained import load_trained
@@ -30,9 +30,11 @@ def inference_transform(config: dict[str, Any]):
 
 
 def evaluate_adapter(adapter: str | Path, data_root: str | Path, task: str, split: str = "test", *,
-                     batch_size: int = 64, num_workers: int = 0, progress: bool = False) -> dict[str, Any]:
-    """Accuracy of a saved adapter on one split of a task."""
+                     batch_size: int = 64, num_workers: int = 0, progress: bool = False,
+                     precision: str = "fp32") -> dict[str, Any]:
+    """Accuracy of a saved adapter on one split of a task; `precision` as `--precision` (auto, fp32, bf16)."""
     model, config = load_trained(adapter)
+    precision = resolve_precision(precision, model.head.weight.device)
     spec = resolve_task_list(task, data_root)[0]
     check_data_root(data_root, [spec], (split,))
     images = read_split(data_root, spec.name, split)
@@ -40,7 +42,7 @@ def evaluate_adapter(adapter: str | Path, data_root: str | Path, task: str, spli
         raise VQTError(f"the adapter has {config['num_classes']} classes but {spec.name} has {images.num_classes}")
     dataset = make_dataset(images, inference_transform(config))
     accuracy = evaluate_images([model], dataset, batch_size=batch_size, num_workers=num_workers,
-                               progress=progress)[0]
+                               progress=progress, precision=precision)[0]
     return {"adapter": str(adapter), "task": spec.name, "split": split, "images": len(images), "accuracy": accuracy}
 
 
@@ -62,20 +64,25 @@ def collect_images(paths: Sequence[str | Path]) -> list[Path]:
 
 
 @torch.no_grad()
-def predict(adapter: str | Path, paths: Sequence[str | Path], *, top_k: int = 5, batch_size: int = 32
-            ) -> list[dict[str, Any]]:
-    """Top-k (class name, probability) for each image: [{"path", "predictions": [{"class", "index", "score"}]}]."""
+def predict(adapter: str | Path, paths: Sequence[str | Path], *, top_k: int = 5, batch_size: int = 32,
+            precision: str = "fp32") -> list[dict[str, Any]]:
+    """Top-k (class name, probability) for each image: [{"path", "predictions": [{"class", "index", "score"}]}].
+
+    `precision` as `--precision`: bf16 runs the forward under autocast; the probabilities are in fp32 (or fp64)."""
     model, config = load_trained(adapter)
     transform = inference_transform(config)
     names = config.get("class_names") or [str(i) for i in range(config["num_classes"])]
     files = collect_images(paths)
     device = model.head.weight.device
+    precision = resolve_precision(precision, device)
     k = max(1, min(int(top_k), len(names)))
     results = []
     for start in range(0, len(files), batch_size):
         batch = files[start : start + batch_size]
         images = torch.stack([transform(open_rgb(path)) for path in batch]).to(device)
-        probabilities = to_master(model(images)).softmax(-1)
+        with autocast(precision, device):
+            logits = model(images)
+        probabilities = to_master(logits).softmax(-1)
         scores, indices = probabilities.topk(k, dim=-1)
         for path, row_scores, row_indices in zip(batch, scores.tolist(), indices.tolist(), strict=True):
             results.append({"path": str(path), "predictions": [
