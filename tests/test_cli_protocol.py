@@ -272,3 +272,23 @@ def test_help_shows_defaults(capsys) -> None:
         main(["sweep", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 100)" in text and "(default: 5)" in text
+
+
+def test_sweep_places_each_training_store_once_not_per_grid_chunk(data_root: Path, tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """A resident store (`--store-device cuda`) is copied to the device once per task and split, however many
+    grid chunks read it. Stood in for on the CPU: the placement resolves to resident, made on the CPU."""
+    from vqt.protocol import sweep
+    from vqt.training.feeding import ResidentStore
+
+    made: list[str] = []
+
+    def place(store, placement, device):
+        assert placement == "cuda"
+        made.append(str(store.path))
+        return ResidentStore(store, "cpu")
+
+    monkeypatch.setattr(sweep, "resolve_store_device", lambda choice, nbytes, device: "cuda")
+    monkeypatch.setattr(sweep, "place_store", place)
+    assert main(sweep_args(data_root, tmp_path / "run", "dsprites_ori", "--grid-chunk", "1")) == 0
+    assert len(made) == len(set(made)) == 3, made  # train800, val200, train800val200: each once (4 chunks)

@@ -83,6 +83,7 @@ from vqt.protocol.rundir import (
 )
 from vqt.protocol.trained import save_trained
 from vqt.training import GridConfig, Recipe, grid_configs
+from vqt.training.feeding import AnyStore, place_store, resolve_store_device, store_nbytes
 from vqt.training.recipe import scaled_lr
 
 log = logging.getLogger("vqt.protocol")
@@ -191,6 +192,7 @@ class Sweep:
         self.stopper = StopCounter()
         self.feature_cache: dict = {}
         self.datasets: dict[tuple[str, str], Any] = {}
+        self.placed: dict[tuple[str, str], AnyStore] = {}  # VQT training stores, placed once per task and split
         self.logged: set[Path] = set()  # committed units already passed to TensorBoard by this worker
         if c["tensorboard"]:
             tensorboard.require()  # refused now, not after the first task
@@ -230,6 +232,19 @@ class Sweep:
                 precision=c["precision"],
             )
 
+    def training_store(self, task: str, split: str) -> AnyStore:
+        """`store(task, split)` where VQT's trainers read it: made resident on the device once per task and split
+        (`--store-device`), not once per grid chunk; one task's stores at a time."""
+        store = self.store(task, split)
+        if self.method != "vqt":
+            return store
+        key = (task, split)
+        if key not in self.placed:
+            self.placed = {k: v for k, v in self.placed.items() if k[0] == task}
+            placement = resolve_store_device(self.config["store_device"], store_nbytes(store), self.device)
+            self.placed[key] = place_store(store, placement, self.device)
+        return self.placed[key]
+
     def dataset(self, task: str, split: str) -> Any:
         """The images of a split (online methods), built once per task and split."""
         key = (task, split)
@@ -253,8 +268,8 @@ class Sweep:
                 num_workers=int(c["num_workers"]), progress=self.progress, precision=c["precision"],
                 distributed=False)  # ranks train different units (the claims), each alone
         return train_store_configs(
-            self.method, self.backbone, num_classes, kwargs, self.store(task, split), configs, recipe,
-            val_store=self.store(task, "val200") if validate else None, progress=self.progress,
+            self.method, self.backbone, num_classes, kwargs, self.training_store(task, split), configs, recipe,
+            val_store=self.training_store(task, "val200") if validate else None, progress=self.progress,
             feature_cache=self.feature_cache, precision=c["precision"], store_device=c["store_device"])
 
     # ------------------------------------------------------------------ the protocol

@@ -35,7 +35,7 @@ RESIDENT_FRACTION = 0.5
 PREFETCH_DEPTH = 2  # batches read ahead; also the number of pinned buffers (double-buffering)
 
 
-def store_nbytes(store: FeatureStore) -> int:
+def store_nbytes(store: FeatureStore | ResidentStore) -> int:
     """Bytes a resident copy of `store` takes on the device (tokens, pre-logits, labels)."""
     return int(store.tokens.nbytes + store.pre_logits.nbytes + len(store) * 8)
 
