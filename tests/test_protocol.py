@@ -156,3 +156,14 @@ def test_compress_with_online_training_is_refused(data_root: Path, tmp_path: Pat
         run_train({**BASE, "data_root": str(data_root), "task": "dsprites_loc", "compress": compress, **how,
                    "out": str(tmp_path / "run")})
     assert not (tmp_path / "run").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("store_device", ["cpu"])  # cuda: refused earlier here, naming the missing CUDA device
+def test_store_device_with_online_training_is_refused(data_root: Path, tmp_path: Path, store_device: str) -> None:
+    """`--store-device` places a feature store; online training reads images, so it used to be ignored silently."""
+    from vqt.protocol.single import run_train
+
+    with pytest.raises(VQTError, match="drop --store-device"):
+        run_train({**BASE, "data_root": str(data_root), "task": "dsprites_loc", "online": True,
+                   "store_device": store_device, "out": str(tmp_path / "run")})
+    assert not (tmp_path / "run").exists()  # refused before any work

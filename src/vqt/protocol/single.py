@@ -72,6 +72,9 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     if c["compress"] is not None and online:  # "official" too: it would be silently skipped
         raise VQTError(f"--compress {c['compress']} retrains the head on the training features of a feature store, "
                        f"which {'--online' if c['online'] else f'method {method!r}'} does not use; drop --compress")
+    if online and c.get("store_device") not in (None, "auto"):  # it would be silently ignored
+        raise VQTError(f"--store-device {c['store_device']} places a feature store, which "
+                       f"{'--online' if c['online'] else f'method {method!r}'} does not use; drop --store-device")
     task = resolve_task_list(c["task"], c["data_root"])[0]
     splits = tuple(s for s in (c["train_split"], c["val_split"], c["eval_split"]) if s)
     check_data_root(c["data_root"], [task], splits)
