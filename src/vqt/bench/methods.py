@@ -103,6 +103,7 @@ def measure_method(
         "trainable_params": sum(p.numel() for p in trainable),
         "saved_mib_per_sample": saved / MiB / batch,
         "weight_casts_mib": casts / MiB,  # bf16: the weights' bf16 copies autograd keeps, once per step
+        "saved_mib_per_step": (saved + casts) / MiB,  # everything autograd keeps in one step, casts and slices too
         "peak_mib": peak / MiB,
         "step_increase_mib": (peak - before) / MiB,
         "step_s": statistics.median(times) if times else first,
@@ -152,17 +153,18 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], device: str) -> str:
     """The comparison table; memory in MiB, time in seconds per training step."""
     peak = "CUDA peak MiB" if device.startswith("cuda") else "peak RSS MiB"
     lines = [
-        f"| method | trainable params | store-trainable | {peak} | step increase MiB | saved MiB/sample | s/step |",
-        "|---|---:|:---:|---:|---:|---:|---:|",
+        f"| method | trainable params | store-trainable | {peak} | step increase MiB | saved MiB/sample "
+        "| saved MiB/step | s/step |",
+        "|---|---:|:---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['method']} | failed: {row['error'][:80]} | | | | | |")
+            lines.append(f"| {row['method']} | failed: {row['error'][:80]} | | | | | | |")
             continue
         lines.append(
             f"| {row['method']} | {row['trainable_params']:,} | {'yes' if row['store_trainable'] else 'no'} | "
             f"{row['peak_mib']:,.0f} | {row['step_increase_mib']:,.0f} | {row['saved_mib_per_sample']:.2f} | "
-            f"{row['step_s']:.2f} |"
+            f"{row.get('saved_mib_per_step', float('nan')):.1f} | {row['step_s']:.2f} |"
         )
     return "\n".join(lines)
 

@@ -84,8 +84,10 @@ def run_memory(args: argparse.Namespace, command: str | None = None) -> int:
         notes = (
             "Peak memory is the whole process (Python, torch, the backbone's weights, AdamW state); 'step increase' is "
             "the peak minus the memory just before the first step; 'saved MiB/sample' counts the distinct tensors "
-            "autograd keeps for backward (parameters excluded; under bf16 also the weights' bf16 copies, a per-step "
-            "constant reported as weight_casts_mib in --json)."
+            "autograd keeps for backward (parameters excluded; under bf16 the weights' whole bf16 casts, a per-step "
+            "constant, are left out of it and reported as weight_casts_mib in --json); 'saved MiB/step' is everything "
+            "autograd keeps in one step, weight casts and slices included (VQT's once-made bf16 block copies are "
+            "persistent, like the weights, and not counted)."
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(f"Command: `{command}`\n\n{notes}\n\n{text}\n")
