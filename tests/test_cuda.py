@@ -117,3 +117,25 @@ def test_store_fed_from_the_device_equals_the_host_path(tmp_path):
     streamed = train_on(store, CUDA, store_device="cpu")
     for ours, reference in zip(resident, streamed, strict=True):
         assert torch.equal(ours, reference)
+
+
+def test_cuda_bf16_step_saves_no_weight_casts_and_about_half_the_fp32_bytes() -> None:
+    """The GPU default path (bf16 autocast): the query path reads its once-made bf16 block copies, so a step saves
+    no cast of a frozen weight and at most 0.6x the fp32 step's bytes, weights included."""
+    from vqt.bench.memory import SavedActivations
+
+    model = VQT(tiny_vit("dinov2_ls_reg").to(CUDA), 4, num_queries=2).train()
+    images, labels = torch.randn(8, 3, 32, 32, device=CUDA), torch.zeros(8, dtype=torch.long, device=CUDA)
+
+    def saved_bytes(precision: str) -> tuple[int, int]:
+        with SavedActivations([model]) as saved:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                features = model.features(images)
+            loss = torch.nn.functional.cross_entropy(model.head(features), labels)
+        loss.backward()
+        return saved.bytes, saved.cast_bytes
+
+    fp32, _ = saved_bytes("fp32")
+    saved_bytes("bf16")  # makes the copies
+    bf16, casts = saved_bytes("bf16")
+    assert bf16 <= 0.6 * fp32 and casts <= 2 * sum(q.numel() for q in model.queries)
