@@ -61,7 +61,7 @@ def one_case(method: str, arch: str, batch: int, device: str, precision: str = "
     images = torch.randn(batch, 3, 224, 224, device=device)
     labels = torch.randint(0, num_classes, (batch,), device=device)
 
-    def step(count_saved: bool) -> int:
+    def step() -> SavedActivations:
         optimizer.zero_grad(set_to_none=True)
         with SavedActivations([model]) as saved:
             with autocast(precision, device):
@@ -69,17 +69,15 @@ def one_case(method: str, arch: str, batch: int, device: str, precision: str = "
             loss = torch.nn.functional.cross_entropy(to_master(logits), labels)
         loss.backward()
         optimizer.step()
-        persistent[0] = saved.persistent_bytes
-        return saved.bytes if count_saved else 0
+        return saved
 
-    persistent = [0]
-    step(False)  # warm-up: one-time work (VQT's bf16 block copies) is not the measured step's
+    step()  # warm-up: one-time work (VQT's bf16 block copies) is not the measured step's
 
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        saved = step(True)
+        measured = step()
         torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         peak = torch.cuda.max_memory_allocated()
@@ -88,20 +86,20 @@ def one_case(method: str, arch: str, batch: int, device: str, precision: str = "
         reset_peak_rss()  # the peak of this step, not of loading the backbone
         before = current_rss_bytes()
         start = time.perf_counter()
-        saved = step(True)
+        measured = step()
         elapsed_first = time.perf_counter() - start
         peak = peak_rss_bytes()
         start = time.perf_counter()
-        step(False)
+        step()
         elapsed = min(elapsed_first, time.perf_counter() - start)
     return {
         "method": method,
         "arch": arch,
         "batch": batch,
         "precision": precision,
-        "saved_mib_per_step": saved / MiB,
-        "saved_mib_per_sample": saved / MiB / batch,
-        "persistent_mib": persistent[0] / MiB,
+        "saved_mib_per_step": measured.bytes / MiB,
+        "saved_mib_per_sample": measured.bytes / MiB / batch,
+        "persistent_mib": measured.persistent_bytes / MiB,
         "peak_mib": peak / MiB,
         "step_increase_mib": (peak - before) / MiB,
         "step_s": elapsed,

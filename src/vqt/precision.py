@@ -24,11 +24,9 @@ def master_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def to_master(tensor: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
-    """`tensor` in the master dtype: `like`'s dtype when given (a head's weight), else bf16/fp16 upcast to fp32
-    and float32/float64 left as they are (never a hard-coded `.float()`, which would break float64 models)."""
-    if like is not None:
-        return tensor.to(like.dtype)
+def to_master(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` in the master dtype: bf16/fp16 upcast to fp32, float32/float64 left as they are (never a
+    hard-coded `.float()`, which would break float64 models)."""
     return tensor.float() if tensor.dtype in HALF_DTYPES else tensor
 
 

@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vqt.protocol.config import PRECISION_CHOICES, PRECISION_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="accuracy of an adapter on a split", description=__doc__,
@@ -16,9 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="split to evaluate")
     parser.add_argument("--batch-size", type=int, default=64, help="images per backbone pass")
     parser.add_argument("--num-workers", type=int, default=0, help="image-decoding worker processes")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="compute precision of the backbone and query path (auto: bf16 on a CUDA GPU that "
-                             "supports it, fp32 elsewhere), as in training")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.set_defaults(func=run)

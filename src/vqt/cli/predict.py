@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from vqt.protocol.config import PRECISION_CHOICES, PRECISION_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("predict", help="top-k class names for images", description=__doc__,
@@ -14,9 +16,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("images", nargs="+", type=Path, help="image files and/or folders (searched recursively)")
     parser.add_argument("--top-k", type=int, default=5, help="classes shown per image")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                        help="compute precision of the backbone and query path (auto: bf16 on a CUDA GPU that "
-                             "supports it, fp32 elsewhere), as in training")
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(func=run)
 
