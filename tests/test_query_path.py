@@ -96,3 +96,27 @@ def test_any_accepted_image_size() -> None:
     images = torch.randn(2, 3, 48, 48)
     reference, _, _ = reference_vqt(backbone, list(model.queries), images)
     assert (model.features(images) - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("family", ["plain_cls", "qknorm_scalenorm_gate"])
+def test_recompute_form_runs_through_sdpa_and_equals_the_explicit_softmax(family: str, monkeypatch) -> None:
+    """The fused-attention path (no weights asked) equals softmax(q k^T) v in value and gradient, in float64."""
+    backbone = tiny_vit(family, dtype=torch.float64)
+    model = VQT(backbone, num_classes=3, num_queries=2).double().eval()
+    tapped = model.tap(torch.randn(3, 3, 32, 32, dtype=torch.float64))
+    calls = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: calls.append(1) or fused(*args, **kwargs))
+    for index, (block, tokens) in enumerate(zip(backbone.blocks, tapped.tokens, strict=True)):
+        results = []
+        for weights_asked in (False, True):  # the weights force the explicit softmax
+            queries = model.queries[index].detach().unsqueeze(0).requires_grad_()
+            out = query_block_output(block, queries, tokens, form="recompute", return_attention=weights_asked)
+            out = out[0] if weights_asked else out
+            out.square().sum().backward()
+            results.append((out.detach(), queries.grad))
+        (fused_out, fused_grad), (plain_out, plain_grad) = results
+        assert (fused_out - plain_out).abs().max() <= 1e-12
+        assert relative_error(fused_grad, plain_grad) <= 1e-12
+    assert len(calls) == len(backbone.blocks)  # once per block, only where no weights were asked
