@@ -164,3 +164,16 @@ def test_run_all_dry_run_runs_nothing(run_all, tmp_path, capsys):
     assert "protocol_time: python benchmarks/protocol_time.py --device cpu --quick" in printed
     assert str(tmp_path / "protocol_time_cpu_quick.md") in printed
     assert list(tmp_path.iterdir()) == []
+
+
+def test_query_attention_benchmark_compares_both_paths(tmp_path, one_thread):
+    """benchmarks/query_attention.py: both forms, the SDPA and explicit paths agree, the table is written."""
+    out = tmp_path / "table.md"
+    assert load("query_attention").main(["--model", "vit_tiny_patch16_224", "--batch", "1", "--queries", "1",
+                                         "--out", str(out)]) == 0
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| a")
+            or line.startswith("| r")]
+    assert [row[0].strip() for row in rows] == ["absorbed", "recompute"]
+    for row in rows:
+        assert float(row[7]) <= 1e-5 and float(row[8]) <= 1e-5  # the fused path is the same maths
+        assert float(row[2]) > 0 and float(row[3]) > 0
