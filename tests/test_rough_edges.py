@@ -303,3 +303,27 @@ def test_python_api_refuses_impossible_settings_before_any_work(tmp_path: Path) 
     with pytest.raises(VQTError, match="--lrs"):
         run_sweep({"tasks": "dsprites_ori", "lrs": [0.5, -0.1], "out": str(tmp_path / "s")})
     assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_official_compression_on_a_user_task_is_refused(data_root: Path, tmp_path: Path, capsys,
+                                                        command: str) -> None:
+    """'official' is VTAB-1k's per-task rule: on a folder outside the registry it once did nothing, silently."""
+    out = tmp_path / "o"
+    args = (["train", *train_args(data_root, out, "--compress", "official")[1:]] if command == "train"
+            else sweep_args(data_root, out, "dsprites_ori,my_shapes", "--compress", "official"))
+    if command == "train":
+        args[args.index("--task") + 1] = "my_shapes"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--compress official" in err and "'my_shapes'" in err, err
+    assert not out.exists()  # refused before any work
+
+
+def test_a_keep_fraction_compresses_a_user_task(data_root: Path, tmp_path: Path, capsys) -> None:
+    args = train_args(data_root, tmp_path / "o", "--compress", "0.5")
+    args[args.index("--task") + 1] = "my_shapes"
+    assert main(args) == 0
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["keep"] == 0.5 and 0 <= summary["compressed_eval_accuracy"] <= 1
+    assert (tmp_path / "o" / "adapter-compressed").is_dir()

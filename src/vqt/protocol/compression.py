@@ -6,9 +6,29 @@ import copy
 
 from torch import nn
 
+from vqt.data.registry import COMPRESSION_KEEP
+from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.feature_selection import select_and_refit
+from vqt.protocol.data import OTHER_GROUP, TaskSpec
 from vqt.protocol.evaluation import store_features
+
+
+def keep_fraction(spec: float | str | None, task: TaskSpec) -> float | None:
+    """The fraction of features `--compress spec` keeps on `task` (None: not compressed).
+
+    'official' is the paper's per-task rule for the VTAB-1k tasks (0.7 on its Q=1 tasks, none on the others); a
+    task outside that registry has no such rule, so 'official' there is refused instead of silently doing nothing.
+    """
+    if spec is None:
+        return None
+    if spec != "official":
+        return float(spec)
+    if task.group == OTHER_GROUP:
+        raise VQTError(f"--compress official is the paper's per-task rule for the VTAB-1k tasks; {task.name!r} is "
+                       f"not one of them: give the fraction of features to keep (e.g. --compress "
+                       f"{COMPRESSION_KEEP}) or drop --compress")
+    return COMPRESSION_KEEP if task.official_compress else None
 
 
 def compress(

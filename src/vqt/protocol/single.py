@@ -18,7 +18,7 @@ from vqt.methods.registry import get_method
 from vqt.precision import resolve_precision
 from vqt.protocol import tensorboard
 from vqt.protocol.build import make_recipe, method_kwargs
-from vqt.protocol.compression import compress
+from vqt.protocol.compression import compress, keep_fraction
 from vqt.protocol.config import validate_config
 from vqt.protocol.data import (
     check_data_root,
@@ -78,6 +78,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     task = resolve_task_list(c["task"], c["data_root"])[0]
     splits = tuple(s for s in (c["train_split"], c["val_split"], c["eval_split"]) if s)
     check_data_root(c["data_root"], [task], splits)
+    keep_fraction(c["compress"], task)  # refused before any work where it cannot apply
     run = RunDir(c["out"])
     if c["tensorboard"]:
         tensorboard.require()
@@ -133,7 +134,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
         raise VQTError(f"training stopped: {trained.failed} (lr {recipe.lr:g}, wd {recipe.weight_decay:g}); "
                        "try a smaller --lr")
     model = trained.model
-    keep = (0.7 if task.official_compress else None) if c["compress"] == "official" else c["compress"]
+    keep = keep_fraction(c["compress"], task)
     models = [model]
     if keep is not None and train_store is not None:
         models.append(compress(model, train_store, keep_fraction=float(keep),

@@ -55,7 +55,7 @@ from vqt.methods.registry import get_method
 from vqt.precision import resolve_precision
 from vqt.protocol import tables, tensorboard
 from vqt.protocol.build import make_recipe, method_kwargs
-from vqt.protocol.compression import compress
+from vqt.protocol.compression import compress, keep_fraction
 from vqt.protocol.config import validate_config
 from vqt.protocol.data import (
     TaskSpec,
@@ -184,6 +184,8 @@ class Sweep:
             c["wds"] = list(grid.wds)
         self.tasks = resolve_task_list(c["tasks"], c["data_root"])
         check_data_root(c["data_root"], self.tasks)
+        for task in self.tasks:  # an impossible --compress is refused before any work
+            keep_fraction(c["compress"], task)
         if not c["lrs"] or not c["wds"] or int(c["seeds"]) < 1:
             raise VQTError("the grid needs at least one lr, one weight decay and one seed")
         self.run_dir = RunDir(c["out"])
@@ -211,14 +213,7 @@ class Sweep:
         return int(q) if q is not None else task.default_queries
 
     def keep_for(self, task: TaskSpec) -> float | None:
-        spec = self.config["compress"]
-        if spec is None:
-            return None
-        if spec == "official":
-            from vqt.data.registry import COMPRESSION_KEEP
-
-            return COMPRESSION_KEEP if task.official_compress else None
-        return float(spec)
+        return keep_fraction(self.config["compress"], task)
 
     def store(self, task: str, split: str) -> FeatureStore:
         """A split's feature store, extracted by one worker at a time (a claim beside it; others wait, then reuse)."""
