@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="data-set utilities (synthetic structured tasks)")
+    parser = subparsers.add_parser("data", help="data-set utilities (synthetic structured tasks, splits of your own folder)")
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     parser.set_defaults(func=lambda args: _help(parser))
 
@@ -37,6 +37,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--overwrite", action="store_true", help="replace a task folder made by another request"
     )
     synth.set_defaults(func=run_synth)
+
+    split = commands.add_parser(
+        "split",
+        help="write train800/val200/train800val200/test lists for your own ImageFolder",
+        description="Make a folder of class sub-folders a VTAB-1k-style task: stratified, seeded lists "
+        "(train800.txt, val200.txt, train800val200.txt = both, test.txt = the rest) and classes.txt, written into "
+        "FOLDER. Then: vqt train --data-root <parent of FOLDER> --task <FOLDER's name>.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    split.add_argument("folder", help="an ImageFolder: one sub-folder of images per class")
+    split.add_argument("--train", type=int, default=800, help="training images (train800.txt)")
+    split.add_argument("--val", type=int, default=200, help="validation images (val200.txt)")
+    split.add_argument("--test", type=int, default=None, help="test images (test.txt; unset: all the rest)")
+    split.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical lists")
+    split.add_argument("--overwrite", action="store_true", help="replace list files already in FOLDER")
+    split.set_defaults(func=run_split)
 
 
 def _help(parser: argparse.ArgumentParser) -> int:
@@ -62,4 +78,18 @@ def run_synth(args: argparse.Namespace) -> int:
                 progress=bar.update,
             )
             log.info("%s: %s", task, folder)
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vqt.data.splitting import split_image_folder
+    from vqt.protocol.rundir import user_errors
+
+    counts = user_errors(split_image_folder)(args.folder, train=args.train, val=args.val, test=args.test,
+                                             seed=args.seed, overwrite=args.overwrite)
+    folder = Path(args.folder).resolve()
+    print(", ".join(f"{name}.txt: {count}" for name, count in counts.items()) + f" (in {folder})")
+    print(f"next: vqt train --data-root {folder.parent} --task {folder.name}")
     return 0
