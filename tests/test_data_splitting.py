@@ -72,3 +72,17 @@ def test_a_split_folder_trains_like_a_vtab_task(folder: Path, tmp_path: Path, on
                  "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "my_pets" and 0 <= summary["eval_accuracy"] <= 1
+
+
+def test_a_folder_named_like_a_vtab_alias_is_the_users_task(folder: Path, tmp_path: Path, one_thread) -> None:
+    """`pets` is an alias of oxford_iiit_pet; with no folder of that task under --data-root it is the user's own."""
+    from vqt.protocol.data import resolve_task_list
+
+    pets = folder.rename(folder.parent / "pets")
+    assert split(pets) == 0
+    assert [(t.name, t.group) for t in resolve_task_list("pets", pets.parent)] == [("pets", "Other")]
+    out = tmp_path / "run"
+    assert main(["train", *BACKBONE, "--data-root", str(pets.parent), "--task", "pets", *TINY,
+                 "--out", str(out)]) == 0
+    (pets.parent / "oxford_iiit_pet").mkdir()  # the registry's folder beside it: the alias means that task again
+    assert resolve_task_list("pets", pets.parent)[0].name == "oxford_iiit_pet"

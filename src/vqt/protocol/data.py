@@ -53,6 +53,8 @@ def resolve_task_list(spec: str | list[str], data_root: str | Path | None = None
                 expanded = [part]
             else:
                 raise
+        if data_root is not None and _own_folder(Path(data_root), part, expanded):
+            expanded = [part]
         names.extend(n for n in expanded if n not in names)
     result = []
     for name in names:
@@ -62,6 +64,18 @@ def resolve_task_list(spec: str | list[str], data_root: str | Path | None = None
         else:
             result.append(TaskSpec(info.name, info.group, info.queries, info.compress))
     return result
+
+
+def _own_folder(root: Path, part: str, expanded: list[str]) -> bool:
+    """`part` is a user's folder that only shares its name with a VTAB-1k alias (`pets`, `flowers`, ...).
+
+    True when `root/part` exists and no folder of the task the alias names does: read as that task, it could not
+    be found at all, so it is the user's own task.
+    """
+    if len(expanded) != 1 or expanded[0] == part or not (root / part).is_dir():
+        return False
+    info = TASKS[expanded[0]]
+    return not any((root / name).is_dir() for name in (info.name, info.folder))
 
 
 def check_data_root(data_root: str | Path | None, tasks: list[TaskSpec], splits: tuple[str, ...] = SPLITS) -> None:
