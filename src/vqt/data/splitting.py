@@ -54,9 +54,16 @@ def split_image_folder(folder: str | os.PathLike[str], *, train: int = 800, val:
     order = stratified_order(list(images.entries), seed)
     parts = {"train800": order[:train], "val200": order[train:train + val],
              "test": order[train + val:] if test is None else order[train + val:train + val + test]}
-    parts["train800val200"] = parts["train800"] + parts["val200"]
+    return write_split(base, parts["train800"], parts["val200"], parts["test"], images.class_names or [])
+
+
+def write_split(folder: str | os.PathLike[str], train: list[Entry], val: list[Entry], test: list[Entry],
+                class_names: list[str]) -> dict[str, int]:
+    """Write the four VTAB-1k list files (train800val200 = train + val) and classes.txt into `folder`."""
+    base = Path(folder)
+    parts = {"train800": train, "val200": val, "test": test, "train800val200": train + val}
     for name, entries in parts.items():
         lines = "".join(f"{entry.relpath} {entry.label}\n" for entry in entries)
         write_atomic(base / f"{name}.txt", lines.encode())
-    write_atomic(base / CLASSES_FILE, "".join(f"{name}\n" for name in images.class_names or ()).encode())
+    write_atomic(base / CLASSES_FILE, "".join(f"{name}\n" for name in class_names).encode())
     return {name: len(entries) for name, entries in parts.items()}
