@@ -16,6 +16,7 @@ split is extracted once and shared by every method (`--store-dir`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import shlex
@@ -148,10 +149,8 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         runs[label] = args.out / "runs" / label
         t0 = time.time()
-        try:
+        with contextlib.suppress(FinishedRun):  # done by an earlier (interrupted or repeated) call: read below
             run_sweep(sweep_config(args, method, extra, tasks, runs[label]))
-        except FinishedRun:  # done by an earlier (interrupted or repeated) call: its results are read below
-            pass
         seconds[label] = time.time() - t0
         print(f"{label}: {seconds[label]:.0f} s", flush=True)
 

@@ -68,7 +68,8 @@ def test_trainval_is_not_assembled_from_stores_of_another_request(
     out = tmp_path / "train"
     assert main(["train", "--backbone", "deit_tiny_patch16_224@random", "--img-size", "32", "--data-root",
                  str(data_root), "--task", "dsprites_ori", "--epochs", "1", "--warmup-epochs", "0",
-                 "--batch-size", "8", "--no-progress", "--store-dir", str(stores), "--out", str(out)]) == 0
+                 "--batch-size", "8", "--lr", "0.1", "--no-progress", "--store-dir", str(stores), "--out",
+                 str(out)]) == 0  # --lr given: an unset one would be chosen on these (mismatched) train800/val200
     meta = _train_store_meta(stores)
     assert meta["backbone"] == "deit_tiny_patch16_224@random" and meta["dtype"] == "float16"
     summary = json.loads((out / "summary.json").read_text())

@@ -71,7 +71,8 @@ def test_finished_train_rerun_prints_its_summary(data_root: Path, tmp_path: Path
 
     assert main(train_args(data_root, out, "--lr", "0.5")) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "finished train run of another configuration (differs in: lr)" in err
+    # the finished run gave no --lr, so its lr and wd were left to be chosen on val200: both differ
+    assert err.count("\n") == 1 and "finished train run of another configuration (differs in: lr, wd)" in err
 
 
 def test_finished_run_python_api(data_root: Path, tmp_path: Path) -> None:

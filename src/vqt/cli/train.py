@@ -27,8 +27,10 @@ OPTIONS = (
            "ImageNet mean/std) or 'petl' (NOAH and the PETL code bases on the VTAB-1k image lists: PIL bicubic "
            "resize to 224x224, ImageNet mean/std)", choices=("backbone", "official", "petl")),
     *shared_options(D, "--img-size"),
-    Option("--lr", D["lr"], "peak lr (unscaled; multiplied by batch/256)", type=float),
-    Option("--wd", D["wd"], "weight decay (coupled L2, none on the head bias)", type=float),
+    Option("--lr", D["lr"], "peak lr (unscaled; multiplied by batch/256); unset: chosen from the method's grid on "
+           "train800 -> val200 at the last epoch (from a store); online: the middle of the method's grid", type=float),
+    Option("--wd", D["wd"], "weight decay (coupled L2, none on the head bias); unset: chosen with an unset --lr, "
+           "else 1e-4", type=float),
     *shared_options(D, "--epochs", "--warmup-epochs", "--batch-size"),
     Option("--seed", D["seed"], "initialisation (and query-dropout) seed", type=int),
     Option("--data-seed", D["data_seed"], "training-order seed (unset: --seed)", type=int),

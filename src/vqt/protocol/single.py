@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vqt.backbone.sources import create_backbone, describe
+from vqt.data.lists import vtab_task_dir
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.methods.registry import get_method
@@ -30,13 +31,18 @@ from vqt.protocol.data import (
 )
 from vqt.protocol.evaluation import evaluate_images
 from vqt.protocol.fitting import train_online_configs, train_store_configs
+from vqt.protocol.method_defaults import method_grid
 from vqt.protocol.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, write_json, write_jsonl
-from vqt.protocol.sweep import SWEEP_DEFAULTS, epoch_records, resolve_device, unit_name
+from vqt.protocol.sweep import SWEEP_DEFAULTS, choose, epoch_records, resolve_device, unit_name
 from vqt.protocol.trained import save_trained
 from vqt.training import GridConfig
+from vqt.training.grid import grid_configs
 from vqt.training.recipe import scaled_lr
 
 log = logging.getLogger("vqt.protocol")
+
+DEFAULT_WD = 1e-4  # the weight decay of a run given --lr but no --wd
+SELECTION_SPLITS = ("train800", "val200")  # where an unset --lr (and --wd) is chosen, as the sweep's grid does
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     **{k: SWEEP_DEFAULTS[k] for k in ("backbone", "data_root", "method", "queries", "variant", "query_dropout",
@@ -45,8 +51,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
                                       "overwrite_stores", "device", "precision", "store_device", "num_workers",
                                       "extract_batch", "eval_batch", "progress", "tensorboard")},
     "task": None,
-    "lr": 0.1,
-    "wd": 1e-4,
+    "lr": None,  # None: chosen on train800 -> val200 from the method's grid (store training; see choose_config)
+    "wd": None,  # None: chosen with the lr; with a given --lr, DEFAULT_WD
     "seed": 0,
     "data_seed": None,
     "train_split": "train800val200",
@@ -79,6 +85,14 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     splits = tuple(s for s in (c["train_split"], c["val_split"], c["eval_split"]) if s)
     check_data_root(c["data_root"], [task], splits)
     keep_fraction(c["compress"], task)  # refused before any work where it cannot apply
+    if c["lr"] is None and online:
+        c["lr"] = online_default_lr(method)
+        log.warning("--lr not given: an online run uses the middle of the %s grid, lr %g (from a store it would be "
+                    "chosen on train800 -> val200); pass --lr, or search it with `vqt sweep`", method, c["lr"])
+    if c["lr"] is None:
+        check_selection(c, task)
+    elif c["wd"] is None:
+        c["wd"] = DEFAULT_WD  # config.yaml records it; an unset lr is recorded unset (summary.json: the choice)
     run = RunDir(c["out"])
     if c["tensorboard"]:
         tensorboard.require()
@@ -94,13 +108,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     kwargs = method_kwargs(method, queries=queries, variant=c["variant"], query_dropout=c["query_dropout"])
     train_images = read_split(c["data_root"], task.name, c["train_split"])
     num_classes, names = train_images.num_classes, class_names(train_images)
-    recipe = make_recipe(lr=float(c["lr"]), weight_decay=float(c["wd"]), batch_size=int(c["batch_size"]),
-                    epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]), eval_every=int(c["eval_every"]),
-                    seed=int(c["seed"]), data_seed=c["data_seed"])
-    ident = {"task": task.name, "phase": "train", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
-             "seed": recipe.seed}
     store_dir = Path(c["store_dir"]) if c["store_dir"] else run.path / "stores"
-    train_store = None
 
     def store(split: str):
         return task_store(backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,
@@ -109,6 +117,17 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                           num_workers=int(c["num_workers"]), progress=bool(c["progress"]),
                           overwrite=bool(c["overwrite_stores"]), precision=c["precision"],
                           shard=True)  # under torchrun every rank calls this: each extracts its shard
+
+    selection = None
+    if c["lr"] is None:
+        selection = choose_config(c, method, backbone, num_classes, kwargs, store)
+        c["lr"], c["wd"] = selection["lr"], selection["weight_decay"]
+    recipe = make_recipe(lr=float(c["lr"]), weight_decay=float(c["wd"]), batch_size=int(c["batch_size"]),
+                    epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]), eval_every=int(c["eval_every"]),
+                    seed=int(c["seed"]), data_seed=c["data_seed"])
+    ident = {"task": task.name, "phase": "train", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+             "seed": recipe.seed}
+    train_store = None
 
     if online:  # the same trainer as an online sweep unit
         train_transform = build_transform(c["transform"], backbone, img_size=size, train=bool(c["augment"]))[0]
@@ -145,6 +164,8 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                                "queries": kwargs.get("num_queries"), "transform": description,
                                "precision": c["precision"],
                                "val_accuracy": trained.history.final_val_accuracy, "eval_split": c["eval_split"]}
+    if selection is not None:
+        summary["lr_selection"] = selection
     if c["eval_split"]:
         dataset = make_dataset(read_split(c["data_root"], task.name, c["eval_split"]), transform)
         accuracies = evaluate_images(models, dataset, batch_size=int(c["eval_batch"]),
@@ -168,3 +189,49 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     tensorboard.log_unit(c["tensorboard"], tb_run, records)
     write_json(run.path / SUMMARY_FILE, summary)
     return summary
+
+
+def online_default_lr(method: str) -> float:
+    """The lr of an online run given no --lr: the middle of the method's grid (training the whole grid through the
+    backbone is a sweep's work, not one run's)."""
+    lrs = sorted(method_grid(method).lrs, reverse=True)
+    return float(lrs[len(lrs) // 2])
+
+
+def check_selection(c: dict[str, Any], task: Any) -> None:
+    """Refuse, before any work, a store run with no --lr whose lr cannot be chosen (see `choose_config`)."""
+    folder = vtab_task_dir(Path(c["data_root"]), task.name)
+    missing = [s for s in SELECTION_SPLITS if not (folder / f"{s}.txt").is_file()]
+    if missing:
+        raise VQTError(f"--lr not given: it is chosen on train800 -> val200, and {folder} has no "
+                       f"{', '.join(f'{s}.txt' for s in missing)}; pass --lr, or make the lists with "
+                       f"`vqt data split`")
+    if c["eval_split"] in SELECTION_SPLITS:
+        raise VQTError(f"--lr not given: it would be chosen on {c['eval_split']}, the --eval-split; pass --lr or "
+                       f"evaluate on another split")
+
+
+def choose_config(c: dict[str, Any], method: str, backbone: Any, num_classes: int, kwargs: dict,
+                  store: Any) -> dict[str, Any]:
+    """The lr (and, with no --wd, the weight decay) of a `vqt train` run given no --lr: the method's grid trained on
+    train800 and judged on val200 at the last epoch, as the sweep's grid chooses (ties: the smaller lr, then wd).
+    From a store it costs one batched pass for VQT and fixed-feature fits for the heads; it never reads the
+    --eval-split. Online runs would train the whole grid through the backbone: they take `online_default_lr`."""
+    grid = method_grid(method)
+    wds = list(grid.wds) if c["wd"] is None else [float(c["wd"])]
+    configs = grid_configs([float(x) for x in grid.lrs], wds, [int(c["seed"])])
+    recipe = make_recipe(batch_size=int(c["batch_size"]), epochs=int(c["epochs"]),
+                         warmup_epochs=int(c["warmup_epochs"]), eval_every=int(c["epochs"]),
+                         data_seed=c["data_seed"] if c["data_seed"] is not None else int(c["seed"]))
+    log.info("--lr not given: choosing it among %d configurations on train800 -> val200", len(configs))
+    trained = train_store_configs(method, backbone, num_classes, kwargs, store("train800"), configs, recipe,
+                                  val_store=store("val200"), progress=bool(c["progress"]),
+                                  precision=c["precision"], store_device=c["store_device"])
+    results = [{"lr": t.config.lr, "weight_decay": t.config.weight_decay,
+                "val_accuracy": None if t.failed else t.history.final_val_accuracy} for t in trained]
+    ok = [r for r in results if r["val_accuracy"] is not None]
+    if not ok:
+        raise VQTError("--lr not given and every configuration of the grid failed on train800 (non-finite loss); "
+                       "pass --lr")
+    best = choose(ok)
+    return {"lr": best["lr"], "weight_decay": best["weight_decay"], "on": list(SELECTION_SPLITS), "grid": results}
