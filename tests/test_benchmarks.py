@@ -177,3 +177,56 @@ def test_query_attention_benchmark_compares_both_paths(tmp_path, one_thread):
     for row in rows:
         assert float(row[7]) <= 1e-5 and float(row[8]) <= 1e-5  # the fused path is the same maths
         assert float(row[2]) > 0 and float(row[3]) > 0
+
+
+# ---------------------------------------------------------------------- benchmarks/accuracy.py (real photographs)
+
+
+@pytest.fixture(scope="module")
+def accuracy():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    return load("accuracy")
+
+
+def test_paired_bootstrap_interval(accuracy):
+    import numpy as np
+
+    same = np.array([1.0, 0.0, 1.0, 0.5])
+    assert accuracy.paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    rng = np.random.default_rng(0)
+    b = rng.integers(0, 2, 400).astype(float)
+    a = np.maximum(b, rng.integers(0, 2, 400))  # right wherever b is, and on about half of the rest
+    mean, low, high = accuracy.paired_bootstrap(a, b)
+    assert mean == pytest.approx(100 * (a - b).mean()) and 0 < low < mean < high
+
+
+def test_real_tasks_are_balanced_and_their_test_images_unseen(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import real_tasks
+
+    for name in ("faces", "textures", "digits"):
+        folder = real_tasks.build_task(name, tmp_path, cache=tmp_path / "cache", scale=0.2)
+        lists = {s: (folder / f"{s}.txt").read_text().splitlines() for s in
+                 ("train800", "val200", "train800val200", "test")}
+        assert lists["train800val200"] == lists["train800"] + lists["val200"]
+        assert not set(lists["train800val200"]) & set(lists["test"]) and lists["val200"]
+        labels = [int(line.split()[1]) for line in lists["test"]]
+        assert len(set(labels)) == len((folder / "classes.txt").read_text().split())  # every class in test
+        assert max(labels.count(c) for c in set(labels)) == min(labels.count(c) for c in set(labels))
+    # texture test patches come from the right 40 % of each photograph, training patches from the left 60 %
+
+    train, _ = real_tasks.texture_patches(50, "train", seed=0)
+    test, _ = real_tasks.texture_patches(50, "test", seed=1)
+    assert not {p.tobytes() for p in train} & {p.tobytes() for p in test}
+
+
+def test_accuracy_quick_runs_the_protocol_end_to_end(accuracy, tmp_path):
+    result = accuracy.main(["--quick", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out"),
+                            "--tasks", "faces", "textures", "--methods", "linear", "vqt-q1"])
+    assert [r["task"] for r in result["rows"]] == ["faces", "textures"]
+    for row in result["rows"]:
+        assert set(row["methods"]) == {"linear", "vqt-q1", "vqt-q1-compressed"}
+        assert set(row["paired"]) == {"vqt-q1 - linear"}
+        assert all(len(m["seeds"]) == 2 for m in row["methods"].values())
+    assert (tmp_path / "out" / "accuracy.md").read_text().count("| faces |") == 2  # table and paired row
+    assert (tmp_path / "out" / "accuracy.png").stat().st_size > 0
