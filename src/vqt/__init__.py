@@ -158,6 +158,10 @@ _EXPORTS: dict[str, str] = {
     "evaluate_adapter": "vqt.protocol.predict",
     "save_trained": "vqt.protocol.trained",
     "load_trained": "vqt.protocol.trained",
+    # serving: many tasks from one backbone pass
+    "load_adapters": "vqt.inference.multitask",
+    "MultiTaskModel": "vqt.inference.multitask",
+    "predict_tasks": "vqt.inference.multitask",
     # errors
     "VQTError": "vqt.errors",
     "BackboneError": "vqt.errors",

@@ -1,0 +1,1 @@
+"""Serving trained adapters: many tasks from one backbone pass (`multitask`)."""
