@@ -24,6 +24,7 @@ from vqt.data.images import open_rgb
 from vqt.errors import AdapterError
 from vqt.hub import is_hub_id, local_folder, parse_hub_id
 from vqt.methods.registry import get_method
+from vqt.methods.vqt import VQT, shared_query_outputs
 from vqt.precision import autocast, resolve_precision, to_master
 from vqt.protocol.predict import collect_images, inference_transform
 from vqt.protocol.trained import load_trained, read_trained_config
@@ -83,7 +84,8 @@ def _check_agrees(label: str, config: dict[str, Any], first_label: str, first: d
 
 
 class MultiTaskModel(nn.Module):
-    """One frozen backbone and several task adapters that read the same pass.
+    """One frozen backbone and several task adapters that read the same pass; the VQT tasks' queries go through
+    each block together (`shared_query_outputs`), so N tasks cost one query-path call per layer.
 
     `forward(images)` returns one logits tensor per task, in `task_names` order (a tuple: what `torch.onnx`
     and `torch.export` take); `logits(images)` the same as a {task: logits} dict. Each task's logits equal that
@@ -114,7 +116,15 @@ class MultiTaskModel(nn.Module):
     def forward(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> tuple[torch.Tensor, ...]:
         tapped = self.tap(images)
         chosen = self.task_names if tasks is None else list(tasks)
-        return tuple(self.tasks[name].head(self.tasks[name].features_from(tapped)) for name in chosen)
+        queried = [name for name in chosen if isinstance(self.tasks[name], VQT)]
+        outputs = dict(zip(queried, shared_query_outputs([self.tasks[n] for n in queried], tapped), strict=True))
+        logits = []
+        for name in chosen:
+            model = self.tasks[name]
+            features = (model.features_from_outputs(tapped, outputs[name]) if name in outputs
+                        else model.features_from(tapped))
+            logits.append(model.head(features))
+        return tuple(logits)
 
     def logits(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """{task: (B, classes) logits} from one backbone pass; `tasks` a subset (default: all)."""

@@ -225,8 +225,13 @@ class VQT(nn.Module):
 
     def features_from(self, tapped: TapOutput) -> torch.Tensor:
         """The head's input vector from what the tap (or a feature store) provides."""
+        return self.features_from_outputs(tapped, self.query_outputs(tapped))
+
+    def features_from_outputs(self, tapped: TapOutput, outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The head's input from the pre-logits of `tapped` and this model's query outputs O_l (computed here
+        or, for several models at once, by `shared_query_outputs`)."""
         pre_logits = tapped.pre_logits.to(self.head.weight.dtype)
-        return combine_features(pre_logits, self.query_outputs(tapped), self.variant, self.layer_weights)
+        return combine_features(pre_logits, outputs, self.variant, self.layer_weights)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The feature vector: D * (1 + sum Q_l) wide for "concat"."""
@@ -240,3 +245,27 @@ class VQT(nn.Module):
     def query_attention(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Per-layer attention weights of the queries over the ordinary tokens, each (B, H, Q_l, N)."""
         return [weights for _, weights in self.query_outputs(self.tap(images), return_attention=True)]
+
+
+def shared_query_outputs(models: Sequence[VQT], tapped: TapOutput) -> list[list[torch.Tensor]]:
+    """`model.query_outputs(tapped)` for several VQT models of one backbone, with one query-path call per layer.
+
+    A query never attends to other queries, so the queries of every model can ride through a block together:
+    stacked along the query axis, run once, and split back (exact up to matmul summation order; the form is
+    chosen for the stacked count). Serving many tasks this way costs one small call per layer, not one per task.
+    """
+    if not models:
+        return []
+    per_model: list[list[torch.Tensor]] = [[] for _ in models]
+    blocks = models[0].backbone.blocks
+    for index, (block, tokens) in enumerate(zip(blocks, tapped.tokens, strict=True)):
+        queries = [model.layer_queries(index, tokens.shape[0]) for model in models]
+        lead = max(q.shape[0] for q in queries)
+        stacked = torch.cat([q.expand(lead, -1, -1) for q in queries], dim=1)
+        if stacked.shape[1] == 0:
+            out = tokens.new_zeros(tokens.shape[0], 0, tokens.shape[-1])
+        else:
+            out = query_block_output(block, stacked, tokens)
+        for outputs, piece in zip(per_model, out.split([q.shape[1] for q in queries], dim=1), strict=True):
+            outputs.append(piece)
+    return per_model
