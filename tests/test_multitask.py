@@ -10,34 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.helpers import SPEC
+from tests.helpers import make_trained as make
 from vqt.backbone.sources import create_backbone
 from vqt.cli.main import main
 from vqt.data.transforms import describe_transform
 from vqt.errors import AdapterError
 from vqt.inference.multitask import load_adapters, parse_adapter_argument, predict_tasks, task_name
-from vqt.methods.registry import create_method
 from vqt.protocol.predict import predict
-from vqt.protocol.trained import load_trained, save_trained
+from vqt.protocol.trained import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SPEC = "vit_tiny_patch16_224@random"
-TRANSFORM = describe_transform("official", img_size=32)
-
-
-def make(directory: Path, method: str, *, seed: int, classes: int = 3, spec: str = SPEC, transform=TRANSFORM,
-         img_size: int = 32, **kwargs) -> Path:
-    """A saved adapter of `method` with random (non-trivial) trainable weights."""
-    torch.manual_seed(seed)
-    model = create_method(method, create_backbone(spec, img_size=img_size), classes, **kwargs).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            if parameter.requires_grad:
-                parameter.add_(torch.randn_like(parameter))
-    save_trained(model, directory, method=method, kwargs=kwargs, backbone_spec=spec, transform=transform,
-                 class_names=[f"{directory.name}-{i}" for i in range(classes)])
-    return directory
-
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory) -> list[Path]:

@@ -59,6 +59,7 @@ def combine_features(
             assert layer_weights is not None
             weights = layer_weights[index]  # (Q,), or (C, Q): one row per config, broadcast over the batch
             weights = weights.unsqueeze(-2) if weights.dim() > 1 else weights
+            weights = weights.expand(*out.shape[:-1])  # equal leading ranks: ONNX's Einsum wants them
             pieces.append(torch.einsum("...qd,...q->...d", out, weights))
         else:
             raise ValueError(f"unknown variant {variant!r}; choose one of {VARIANTS}")
