@@ -14,7 +14,8 @@ from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from vqt.inference.export import FORMATS, TOLERANCE
+    from vqt.inference.settings import EXPORT_FORMATS as FORMATS
+    from vqt.inference.settings import EXPORT_TOLERANCE as TOLERANCE
 
     parser = subparsers.add_parser("export", help="export adapters and their backbone as one ONNX / torch.export graph",
                                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,7 +20,7 @@ from vqt.distributed import launched_by_torchrun
 from vqt.errors import VQTError, os_error_message
 
 # Sub-command modules, in the order `vqt --help` lists them.
-COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "export", "push", "extract",
+COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "export", "serve", "push", "extract",
                    "viz", "report", "compare")
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -32,12 +33,15 @@ _ALPHA_MODES = {"LA", "La", "RGBA", "RGBa", "PA"}
 _UINT16_MAX = 65535
 
 
-def open_rgb(path: str | os.PathLike[str], where: str = "") -> Image.Image:
-    """Decode `path` fully and return it as an 8-bit RGB image; any decoding problem is a `DataError`.
+def open_rgb(path: str | os.PathLike[str] | BinaryIO, where: str = "", name: str | None = None) -> Image.Image:
+    """Decode `path` (or an open binary file) fully and return it as an 8-bit RGB image; any decoding problem is
+    a `DataError`.
 
-    `where` names the list file and line the path came from, so the message points at what to fix.
+    `where` names the list file and line the path came from, so the message points at what to fix; `name` is
+    what the message calls the image (default: the path).
     """
-    label = f"{where}: {path}" if where else str(path)
+    label = name or str(path)
+    label = f"{where}: {label}" if where else label
     try:
         with warnings.catch_warnings():
             # PIL warns (not raises) on some broken EXIF blocks; those images are still usable.

@@ -24,10 +24,10 @@ import torch
 
 from vqt.errors import VQTError
 from vqt.inference.multitask import MultiTaskModel, load_adapters
+from vqt.inference.settings import EXPORT_FORMATS as FORMATS
+from vqt.inference.settings import EXPORT_TOLERANCE as TOLERANCE
 from vqt.io import write_atomic
 
-FORMATS = ("onnx", "torch-export")
-TOLERANCE = 1e-4  # max |logit difference| accepted against PyTorch (fp32)
 EXTERNAL_DATA_BYTES = 1536 * 2**20  # protobuf's 2 GiB limit, with room for the graph
 
 

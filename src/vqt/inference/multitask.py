@@ -92,13 +92,15 @@ class MultiTaskModel(nn.Module):
     adapter's own `model(images)` (tests/test_multitask.py).
     """
 
-    def __init__(self, backbone: nn.Module, tasks: dict[str, nn.Module], configs: dict[str, dict[str, Any]]) -> None:
+    def __init__(self, backbone: nn.Module, tasks: dict[str, nn.Module], configs: dict[str, dict[str, Any]],
+                 folders: dict[str, Path] | None = None) -> None:
         super().__init__()
         if not tasks:
             raise AdapterError("no adapters given")
         self.tap = BackboneTap(backbone)
         self.tasks = nn.ModuleDict(tasks)
         self.configs = configs
+        self.folders = folders or {}  # where each task's adapter was loaded from (model cards)
         self.eval()
 
     @property
@@ -171,7 +173,7 @@ def load_adapters(
     for name, folder in folders.items():
         model, configs[name] = load_trained(folder, backbone)
         tasks[name] = model
-    return MultiTaskModel(backbone, tasks, configs)
+    return MultiTaskModel(backbone, tasks, configs, folders)
 
 
 def top_k(logits: torch.Tensor, names: list[str], k: int) -> list[list[dict[str, Any]]]:
