@@ -51,6 +51,25 @@ def test_every_task_equals_its_own_adapter(adapters: list[Path]) -> None:
     assert all(torch.equal(a, b) for a, b in zip(model(images), shared.values(), strict=True))
 
 
+def test_streamed_query_path_equals_the_tap_path(adapters: list[Path]) -> None:
+    """Without Head2Toe the queries run inside the pass (no block's tokens kept): same logits as the tap path."""
+    from vqt.methods.vqt import shared_query_outputs, streamed_query_outputs
+
+    model = load_adapters(adapters[:3])  # VQT, VQT, linear
+    images = torch.randn(3, 3, 32, 32)
+    vqts = [model.tasks["shapes"], model.tasks["colours"]]
+    pre_logits, streamed = streamed_query_outputs(vqts, images)
+    tapped = model.tap(images)
+    torch.testing.assert_close(pre_logits, tapped.pre_logits, rtol=0, atol=0)
+    for got, want in zip(streamed, shared_query_outputs(vqts, tapped), strict=True):
+        assert len(got) == len(want) == 12
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same ops on the same tokens
+    for path, logits in zip(adapters[:3], model(images), strict=True):
+        own, _ = load_trained(path)
+        torch.testing.assert_close(logits, own(images), rtol=1e-5, atol=1e-5)
+
+
 def test_one_backbone_pass_serves_all_tasks(adapters: list[Path]) -> None:
     model = load_adapters(adapters)
     calls = []

@@ -19,12 +19,13 @@ import torch
 from torch import nn
 
 from vqt.backbone.sources import create_backbone
-from vqt.backbone.tap import BackboneTap
+from vqt.backbone.tap import BackboneTap, TapOutput
 from vqt.data.images import open_rgb
 from vqt.errors import AdapterError
 from vqt.hub import is_hub_id, local_folder, parse_hub_id
+from vqt.methods.linear import LinearProbe
 from vqt.methods.registry import get_method
-from vqt.methods.vqt import VQT, shared_query_outputs
+from vqt.methods.vqt import VQT, shared_query_outputs, streamed_query_outputs
 from vqt.precision import autocast, resolve_precision, to_master
 from vqt.protocol.predict import collect_images, inference_transform
 from vqt.protocol.trained import load_trained, read_trained_config
@@ -85,7 +86,8 @@ def _check_agrees(label: str, config: dict[str, Any], first_label: str, first: d
 
 class MultiTaskModel(nn.Module):
     """One frozen backbone and several task adapters that read the same pass; the VQT tasks' queries go through
-    each block together (`shared_query_outputs`), so N tasks cost one query-path call per layer.
+    each block together (`shared_layer_outputs`), so N tasks cost one query-path call per layer. Without a
+    Head2Toe task the query path runs inside the pass, block by block (`streamed_query_outputs`).
 
     `forward(images)` returns one logits tensor per task, in `task_names` order (a tuple: what `torch.onnx`
     and `torch.export` take); `logits(images)` the same as a {task: logits} dict. Each task's logits equal that
@@ -116,10 +118,17 @@ class MultiTaskModel(nn.Module):
         return config.get("class_names") or [str(i) for i in range(config["num_classes"])]
 
     def forward(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> tuple[torch.Tensor, ...]:
-        tapped = self.tap(images)
         chosen = self.task_names if tasks is None else list(tasks)
         queried = [name for name in chosen if isinstance(self.tasks[name], VQT)]
-        outputs = dict(zip(queried, shared_query_outputs([self.tasks[n] for n in queried], tapped), strict=True))
+        models = [self.tasks[name] for name in queried]
+        if all(name in queried or isinstance(self.tasks[name], LinearProbe) for name in chosen) and models:
+            # Only queries and the pre-logits are read: stream the query path, keep no block's tokens.
+            pre_logits, streamed = streamed_query_outputs(models, images)
+            tapped = TapOutput(tokens=[], pre_logits=pre_logits)
+        else:  # Head2Toe reads every block's tokens: keep them (the tap), then run the queries
+            tapped = self.tap(images)
+            streamed = shared_query_outputs(models, tapped)
+        outputs = dict(zip(queried, streamed, strict=True))
         logits = []
         for name in chosen:
             model = self.tasks[name]

@@ -248,25 +248,65 @@ class VQT(nn.Module):
         return [weights for _, weights in self.query_outputs(self.tap(images), return_attention=True)]
 
 
-def shared_query_outputs(models: Sequence[VQT], tapped: TapOutput) -> list[list[torch.Tensor]]:
-    """`model.query_outputs(tapped)` for several VQT models of one backbone, with one query-path call per layer.
+def shared_layer_outputs(models: Sequence[VQT], index: int, block: nn.Module,
+                         tokens: torch.Tensor) -> list[torch.Tensor]:
+    """O_l of block `index` for several VQT models of one backbone, with one query-path call.
 
     A query never attends to other queries, so the queries of every model can ride through a block together:
     stacked along the query axis, run once, and split back (exact up to matmul summation order; the form is
     chosen for the stacked count). Serving many tasks this way costs one small call per layer, not one per task.
     """
-    if not models:
-        return []
+    queries = [model.layer_queries(index, tokens.shape[0]) for model in models]
+    lead = max(q.shape[0] for q in queries)
+    stacked = torch.cat([q.expand(lead, -1, -1) for q in queries], dim=1)
+    if stacked.shape[1] == 0:
+        out = tokens.new_zeros(tokens.shape[0], 0, tokens.shape[-1])
+    else:
+        out = query_block_output(block, stacked, tokens)
+    return list(out.split([q.shape[1] for q in queries], dim=1))
+
+
+def shared_query_outputs(models: Sequence[VQT], tapped: TapOutput) -> list[list[torch.Tensor]]:
+    """`model.query_outputs(tapped)` for several VQT models of one backbone (`shared_layer_outputs` per layer)."""
     per_model: list[list[torch.Tensor]] = [[] for _ in models]
-    blocks = models[0].backbone.blocks
-    for index, (block, tokens) in enumerate(zip(blocks, tapped.tokens, strict=True)):
-        queries = [model.layer_queries(index, tokens.shape[0]) for model in models]
-        lead = max(q.shape[0] for q in queries)
-        stacked = torch.cat([q.expand(lead, -1, -1) for q in queries], dim=1)
-        if stacked.shape[1] == 0:
-            out = tokens.new_zeros(tokens.shape[0], 0, tokens.shape[-1])
-        else:
-            out = query_block_output(block, stacked, tokens)
-        for outputs, piece in zip(per_model, out.split([q.shape[1] for q in queries], dim=1), strict=True):
+    if not models:
+        return per_model
+    for index, (block, tokens) in enumerate(zip(models[0].backbone.blocks, tapped.tokens, strict=True)):
+        for outputs, piece in zip(per_model, shared_layer_outputs(models, index, block, tokens), strict=True):
             outputs.append(piece)
     return per_model
+
+
+@torch.no_grad()
+def streamed_query_outputs(models: Sequence[VQT], images: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+    """(pre-logits, every model's O_l) from one backbone pass that runs each block's query path as soon as the
+    block's X_l exists and keeps no X_l: the same numbers as `shared_query_outputs(models, tap(images))`, with one
+    layer's tokens alive at a time instead of all L (inference only: no autograd)."""
+    backbone = models[0].backbone
+    per_model: list[list[torch.Tensor]] = [[] for _ in models]
+    inside = [False]  # the query path calls norm1 on the queries too: that call is not the block's X_l
+
+    def attend(index: int, block: nn.Module):
+        def hook(_module: nn.Module, _inputs: tuple, tokens: torch.Tensor) -> None:
+            if inside[0]:
+                return
+            inside[0] = True
+            try:
+                pieces = shared_layer_outputs(models, index, block, tokens)
+            finally:
+                inside[0] = False
+            for outputs, piece in zip(per_model, pieces, strict=True):
+                outputs.append(piece)
+
+        return hook
+
+    handles = [block.norm1.register_forward_hook(attend(i, block)) for i, block in enumerate(backbone.blocks)]
+    try:
+        images = images.to(models[0].tap.dtype)
+        pre_logits = backbone.forward_head(backbone.forward_features(images), pre_logits=True)
+    finally:
+        for handle in handles:
+            handle.remove()
+    if any(len(outputs) != len(backbone.blocks) for outputs in per_model):
+        raise RuntimeError("the forward skipped a block's norm1; cannot run its queries")
+    return pre_logits, per_model
