@@ -2,7 +2,7 @@
 
 - `cli.md`: the command-line reference, rendered from the argparse parsers (`vqt.cli.main.build_parser()`):
   every sub-command's `--help`, so the page cannot drift from the code.
-- `benchmarks/results/*`: the repository's benchmark result files (Markdown and PNG), copied into the site at
+- `benchmarks/results/**`: the repository's benchmark result files (Markdown and PNG), copied into the site at
   the same relative path they have in the repository, so links to them work from the README sections below.
 - `<!-- readme: SECTION -->` in a page becomes that `## SECTION` of README.md (`intro`: the text before the
   first section), so the getting-started pages follow the README.
@@ -32,7 +32,7 @@ log = logging.getLogger("mkdocs.hooks.vqt_docs")
 ROOT = Path(__file__).resolve().parents[2]  # the repository root (docs/hooks/ -> docs/ -> root)
 README = ROOT / "README.md"
 RESULTS_DIR = "benchmarks/results"  # mirrored into the site at the same path
-MIRRORED_SUFFIXES = (".md", ".png")
+MIRRORED_SUFFIXES = (".md", ".png", ".csv", ".json")
 CLI_PAGE = "cli.md"
 HELP_WIDTH = 76  # COLUMNS for argparse (it wraps at COLUMNS - 2): fits a code block at 1280 px with both sidebars
 
@@ -212,13 +212,17 @@ def results_list(mirrored: set[str]) -> str:
 
 
 def _mirrored() -> list[Path]:
-    return sorted(p for p in (ROOT / RESULTS_DIR).iterdir() if p.suffix in MIRRORED_SUFFIXES and p.is_file())
+    return sorted(p for p in (ROOT / RESULTS_DIR).rglob("*") if p.suffix in MIRRORED_SUFFIXES and p.is_file())
+
+
+def _result_uri(path: Path) -> str:
+    return f"{RESULTS_DIR}/{path.relative_to(ROOT / RESULTS_DIR).as_posix()}"
 
 
 def _result_page(path: Path) -> str:
     text = path.read_text(encoding="utf-8")
     note = (
-        f"*Copied from `{RESULTS_DIR}/{path.name}` in the repository when the site was built; "
+        f"*Copied from `{_result_uri(path)}` in the repository when the site was built; "
         "the command that wrote it is in the file.*"
     )
     if text.startswith("# "):
@@ -230,14 +234,14 @@ def _result_page(path: Path) -> str:
 def on_files(files: Files, config) -> Files:
     files.append(File.generated(config, CLI_PAGE, content=render_cli()))
     for path in _mirrored():
-        uri = f"{RESULTS_DIR}/{path.name}"
+        uri = _result_uri(path)
         content = _result_page(path) if path.suffix == ".md" else path.read_bytes()
         files.append(File.generated(config, uri, content=content))
     return files
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    mirrored = {f"{RESULTS_DIR}/{p.name}" for p in _mirrored()}
+    mirrored = {_result_uri(p) for p in _mirrored()}
     uri = page.file.src_uri
     if uri != CLI_PAGE and uri not in mirrored:  # a page of docs/: its links are relative to docs/<folder>
         base = posixpath.join("docs", posixpath.dirname(uri)).rstrip("/")
