@@ -107,17 +107,21 @@ class MultiTaskModel(nn.Module):
 
     @property
     def task_names(self) -> list[str]:
+        """The tasks, in the order `forward` returns their logits."""
         return list(self.tasks.keys())
 
     @property
     def backbone(self) -> nn.Module:
+        """The one frozen timm ViT every task reads."""
         return self.tap.model
 
     def class_names(self, task: str) -> list[str]:
+        """The recorded class names of `task` (their indices as strings when none were recorded)."""
         config = self.configs[task]
         return config.get("class_names") or [str(i) for i in range(config["num_classes"])]
 
     def forward(self, images: torch.Tensor, tasks: Sequence[str] | None = None) -> tuple[torch.Tensor, ...]:
+        """One (B, classes) logits tensor per task of `tasks` (default: all, in `task_names` order), one pass."""
         chosen = self.task_names if tasks is None else list(tasks)
         queried = [name for name in chosen if isinstance(self.tasks[name], VQT)]
         models = [self.tasks[name] for name in queried]
