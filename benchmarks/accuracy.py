@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_tasks  # noqa: E402  (benchmarks/ is not a package)
 
 from vqt.backbone.sources import create_backbone, describe  # noqa: E402
+from vqt.checkpoint.trained import load_trained  # noqa: E402
 from vqt.data.synth.writer import generate_task  # noqa: E402
 from vqt.data.transforms import build_transform  # noqa: E402
 from vqt.protocol.data import task_store  # noqa: E402
 from vqt.protocol.evaluation import store_features  # noqa: E402
 from vqt.protocol.rundir import FinishedRun  # noqa: E402
 from vqt.protocol.sweep import run_sweep  # noqa: E402
-from vqt.protocol.trained import load_trained  # noqa: E402
 
 # (label, method, extra sweep options); the compressed VQT row is read from the Q = 1 run
 METHODS: list[tuple[str, str, dict]] = [

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 
 from vqt.backbone.sources import create_backbone
+from vqt.checkpoint.trained import save_trained
 from vqt.data.transforms import describe_transform
 from vqt.inference.export import export_adapters
 from vqt.inference.multitask import load_adapters
 from vqt.methods.linear import LinearProbe
 from vqt.methods.vqt import VQT
-from vqt.protocol.trained import save_trained
 
 
 def make_adapters(root: Path, spec: str, tasks: int) -> list[Path]:

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from vqt.adapters import save_adapter
 from vqt.backbone.sources import create_backbone
+from vqt.checkpoint.adapter import save_adapter
 from vqt.inference.multitask import MultiTaskModel, load_adapters
 from vqt.methods.vqt import VQT
 

@@ -38,8 +38,8 @@ import httpx
 import torch
 from PIL import Image
 
-from vqt.adapters import save_adapter
 from vqt.backbone.sources import create_backbone
+from vqt.checkpoint.adapter import save_adapter
 from vqt.data.transforms import describe_transform
 from vqt.inference.multitask import load_adapters
 from vqt.methods.vqt import VQT

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 
 from vqt.backbone.sources import create_backbone
+from vqt.checkpoint.trained import save_trained
 from vqt.data.transforms import describe_transform
 from vqt.methods.registry import create_method
-from vqt.protocol.trained import save_trained
 
 SPEC = "vit_tiny_patch16_224@random"
 TRANSFORM = describe_transform("official", img_size=32)

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from tests.tiny_models import tiny_vit
-from vqt.adapters import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
 from vqt.backbone.sources import create_backbone
+from vqt.checkpoint.adapter import load_adapter, save_adapter
+from vqt.checkpoint.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from vqt.errors import AdapterError
 from vqt.methods.vqt import VQT
 
@@ -32,7 +33,7 @@ def test_round_trip_gives_identical_logits(tmp_path) -> None:
     assert torch.equal(model(images), loaded(images))
     assert loaded.adapter_config["class_names"] == ["a", "b", "c", "d"]
     # Only the learned tensors are stored, not the backbone.
-    assert (path / WEIGHTS_NAME).stat().st_size < 20_000
+    assert (path / ADAPTER_WEIGHTS).stat().st_size < 20_000
 
 
 def test_round_trip_from_recorded_spelling(tmp_path) -> None:
@@ -79,12 +80,12 @@ def test_other_q_refused(tmp_path) -> None:
 
 def test_corrupt_files_refused(tmp_path) -> None:
     _, path = trained_adapter(tmp_path)
-    weights = bytearray((path / WEIGHTS_NAME).read_bytes())
+    weights = bytearray((path / ADAPTER_WEIGHTS).read_bytes())
     weights[-5] ^= 0xFF
-    (path / WEIGHTS_NAME).write_bytes(bytes(weights))
+    (path / ADAPTER_WEIGHTS).write_bytes(bytes(weights))
     with pytest.raises(AdapterError, match="checksum"):
         load_adapter(path, backbone=tiny_vit("dinov2_ls_reg"))
-    (path / CONFIG_NAME).write_text("{not json")
+    (path / ADAPTER_CONFIG).write_text("{not json")
     with pytest.raises(AdapterError, match="corrupt adapter config"):
         load_adapter(path, backbone=tiny_vit("dinov2_ls_reg"))
     with pytest.raises(AdapterError, match="not found"):
@@ -93,8 +94,8 @@ def test_corrupt_files_refused(tmp_path) -> None:
 
 def test_tampered_config_shapes_refused(tmp_path) -> None:
     _, path = trained_adapter(tmp_path)
-    config = json.loads((path / CONFIG_NAME).read_text())
+    config = json.loads((path / ADAPTER_CONFIG).read_text())
     config["num_classes"] = 7
-    (path / CONFIG_NAME).write_text(json.dumps(config))
+    (path / ADAPTER_CONFIG).write_text(json.dumps(config))
     with pytest.raises(AdapterError, match="do not fit"):
         load_adapter(path, backbone=tiny_vit("dinov2_ls_reg"))

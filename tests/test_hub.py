@@ -22,10 +22,10 @@ from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, Revi
 from huggingface_hub.utils import filter_repo_objects
 
 from tests.tiny_models import tiny_vit
-from vqt.adapters import CONFIG_NAME, WEIGHTS_NAME, load_adapter, save_adapter
+from vqt.checkpoint.files import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CARD_NAME
 from vqt.cli.main import main
 from vqt.errors import AdapterError
-from vqt.hub import CARD_MARKER, CARD_NAME, model_card, parse_hub_id, push_to_hub
+from vqt.hub import CARD_MARKER, load_adapter, model_card, parse_hub_id, push_to_hub, save_adapter
 from vqt.methods.vqt import VQT
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -177,7 +177,7 @@ def test_push_uploads_the_adapter_and_its_card(tmp_path: Path, fake_hub, hub_cac
     [upload] = fake_hub.uploads
     assert upload["repo_id"] == REPO and upload["folder_path"] == tmp_path / "adapter"
     repo = fake_hub.root / REPO
-    assert sorted(p.name for p in repo.iterdir()) == sorted([CARD_NAME, CONFIG_NAME, WEIGHTS_NAME])
+    assert sorted(p.name for p in repo.iterdir()) == sorted([CARD_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS])
     assert (tmp_path / "adapter" / CARD_NAME).read_text() == (repo / CARD_NAME).read_text()
     assert 'vqt.load_adapter("hf-hub:owner/name")' in (repo / CARD_NAME).read_text()
 
@@ -193,7 +193,7 @@ def test_save_adapter_push_to_hub_and_a_user_card(tmp_path: Path, fake_hub) -> N
     make_adapter(tmp_path / "adapter")
     model = VQT(tiny_vit("dinov2_ls_reg"), num_classes=4, num_queries=2, variant="weighted")
     save_adapter(model, tmp_path / "adapter", backbone_spec="tiny-test-vit", push_to_hub=REPO)
-    assert len(fake_hub.uploads) == 1 and (fake_hub.root / REPO / WEIGHTS_NAME).is_file()
+    assert len(fake_hub.uploads) == 1 and (fake_hub.root / REPO / ADAPTER_WEIGHTS).is_file()
     # A card without the marker line is the user's: uploaded as it is, never rewritten.
     (tmp_path / "adapter" / CARD_NAME).write_text("# my own card\n")
     push_to_hub(tmp_path / "adapter", REPO)
@@ -211,7 +211,7 @@ def test_vqt_push_command(tmp_path: Path, fake_hub, capsys, monkeypatch) -> None
     (tmp_path / "empty").mkdir()
     assert main(["push", str(tmp_path / "empty"), REPO]) == 2
     assert capsys.readouterr().err.strip().startswith("vqt: error: no adapter at")
-    (tmp_path / "adapter" / WEIGHTS_NAME).write_bytes(b"garbage")
+    (tmp_path / "adapter" / ADAPTER_WEIGHTS).write_bytes(b"garbage")
     assert main(["push", str(tmp_path / "adapter"), REPO]) == 2
     assert "corrupt adapter weights" in capsys.readouterr().err
     make_adapter(tmp_path / "adapter")
@@ -271,7 +271,7 @@ def test_hub_loads_refuse_what_local_loads_refuse(tmp_path: Path, hub_cache: Pat
         load_adapter(f"hf-hub:{REPO}", backbone=tiny_vit("dinov2_ls_reg", seed=1))
     with pytest.raises(AdapterError, match=r"Q=\[2, 2, 2\] per layer, expected \[1, 1, 1\]"):
         load_adapter(f"hf-hub:{REPO}", backbone=tiny_vit("dinov2_ls_reg"), num_queries=1)
-    blob = (snapshot / WEIGHTS_NAME).resolve()
+    blob = (snapshot / ADAPTER_WEIGHTS).resolve()
     blob.write_bytes(blob.read_bytes()[:-4] + b"\0\0\0\0")  # the cached blob damaged
     with pytest.raises(AdapterError, match="corrupt adapter weights .*checksum"):
         load_adapter(f"hf-hub:{REPO}", backbone=tiny_vit("dinov2_ls_reg"))
@@ -319,9 +319,11 @@ def test_any_method_loads_and_predicts_from_the_hub(tmp_path: Path, hub_cache: P
     from PIL import Image
 
     from vqt.backbone.sources import create_backbone
+    from vqt.checkpoint.files import TRAINED_CONFIG
+    from vqt.checkpoint.trained import save_trained
     from vqt.data.transforms import describe_transform
+    from vqt.hub import load_trained
     from vqt.methods.registry import create_method
-    from vqt.protocol.trained import TRAINED_CONFIG, load_trained, save_trained
 
     spec = "vit_tiny_patch16_224@random"
     torch.manual_seed(0)

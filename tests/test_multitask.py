@@ -13,12 +13,12 @@ from PIL import Image
 from tests.helpers import SPEC
 from tests.helpers import make_trained as make
 from vqt.backbone.sources import create_backbone
+from vqt.checkpoint.trained import load_trained
 from vqt.cli.main import main
 from vqt.data.transforms import describe_transform
 from vqt.errors import AdapterError
 from vqt.inference.multitask import load_adapters, parse_adapter_argument, predict_tasks, task_name
 from vqt.protocol.predict import predict
-from vqt.protocol.trained import load_trained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

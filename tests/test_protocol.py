@@ -107,8 +107,8 @@ BASE = {"backbone": "vit_tiny_patch16_224@random", "img_size": 32, "epochs": 2, 
 
 @pytest.mark.parametrize("method", ["linear", "head2toe"])
 def test_sweep_api_head_methods(data_root: Path, tmp_path: Path, method: str) -> None:
+    from vqt.checkpoint.trained import load_trained
     from vqt.protocol.sweep import run_sweep
-    from vqt.protocol.trained import load_trained
 
     summary = run_sweep({**BASE, "data_root": str(data_root), "tasks": "dsprites_loc", "method": method,
                          "lrs": [0.5, 0.1], "wds": [0.0], "seeds": 2, "out": str(tmp_path / "run"),

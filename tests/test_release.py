@@ -15,7 +15,7 @@ import pytest
 
 import _vqt_launcher
 import vqt
-from vqt.adapters import library_version
+from vqt.checkpoint.files import library_version
 from vqt.cli.main import main
 
 

@@ -56,8 +56,8 @@ def check_run(out: Path, method: str) -> None:
 
 
 def test_lora_sweep_end_to_end(data_root: Path, lora_run: Path) -> None:  # noqa: F811
+    from vqt.checkpoint.trained import load_trained
     from vqt.protocol.predict import evaluate_adapter
-    from vqt.protocol.trained import load_trained
 
     check_run(lora_run, "lora")
     adapter = lora_run / "tasks" / "dsprites_ori" / "final" / "seed1" / "adapter"

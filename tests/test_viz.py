@@ -11,8 +11,8 @@ from PIL import Image
 from timm.models.vision_transformer import VisionTransformer
 
 from tests.tiny_models import COMMON, tiny_vit
-from vqt.adapters import save_adapter
 from vqt.backbone.sources import create_backbone
+from vqt.checkpoint.adapter import save_adapter
 from vqt.cli.main import main
 from vqt.data.transforms import build_transform
 from vqt.methods.vqt import VQT
@@ -151,9 +151,9 @@ def test_cli_writes_one_png_per_image(tmp_path: Path, capsys) -> None:
 
 def test_cli_rows_per_query_and_per_head_with_registers(tmp_path: Path, monkeypatch) -> None:
     # The tiny DINOv2-like ViT: CLS + 2 registers before a 4x4 grid, 4 heads, 3 layers; loaded by a test spelling.
-    import vqt.protocol.trained
+    import vqt.checkpoint.trained
 
-    monkeypatch.setattr(vqt.protocol.trained, "create_backbone", lambda spec, img_size=None: tiny_vit("dinov2_ls_reg"))
+    monkeypatch.setattr(vqt.checkpoint.trained, "create_backbone", lambda spec, img_size=None: tiny_vit("dinov2_ls_reg"))
     model = trained_vqt(tiny_vit("dinov2_ls_reg"), 2)
     _, description = build_transform("official", img_size=32)
     adapter = save_adapter(model, tmp_path / "adapter", backbone_spec="tiny-reg", transform=description)

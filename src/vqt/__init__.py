@@ -149,15 +149,15 @@ _EXPORTS: dict[str, str] = {
     "train_grid": "vqt.training.grid",
     "evaluate_store": "vqt.training.cached",
     # adapters
-    "save_adapter": "vqt.adapters",
-    "load_adapter": "vqt.adapters",
+    "save_adapter": "vqt.hub.push",
+    "load_adapter": "vqt.hub.fetch",
     # the protocol (what the CLI runs)
     "run_train": "vqt.protocol.single",
     "run_sweep": "vqt.protocol.sweep",
     "predict": "vqt.protocol.predict",
     "evaluate_adapter": "vqt.protocol.predict",
-    "save_trained": "vqt.protocol.trained",
-    "load_trained": "vqt.protocol.trained",
+    "save_trained": "vqt.checkpoint.trained",
+    "load_trained": "vqt.hub.fetch",
     # serving: many tasks from one backbone pass
     "load_adapters": "vqt.inference.multitask",
     "MultiTaskModel": "vqt.inference.multitask",

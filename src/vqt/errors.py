@@ -38,3 +38,12 @@ def os_error_message(error: OSError) -> str:
     if error.errno == errno.EISDIR:
         return f"{where or 'a path'} is a directory, where a file was expected"
     return f"{where}: {reason}" if where else reason
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none); OS errors via
+    `os_error_message`, so a user error is always one line."""
+    if isinstance(error, OSError):
+        return os_error_message(error)
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -25,15 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def describe_path(path: Path) -> tuple[str, dict]:
-    from vqt.adapters import CONFIG_NAME, read_adapter_config
+    from vqt.checkpoint.config import read_adapter_config
+    from vqt.checkpoint.files import ADAPTER_CONFIG
 
-    if (path / CONFIG_NAME).is_file():
+    if (path / ADAPTER_CONFIG).is_file():
         return "adapter", read_adapter_config(path)
+    from vqt.checkpoint.config import read_config
+    from vqt.checkpoint.files import TRAINED_CONFIG
     from vqt.protocol.rundir import SUMMARY_FILE, read_json
-    from vqt.protocol.trained import TRAINED_CONFIG, read_trained_config
 
     if (path / TRAINED_CONFIG).is_file():
-        return "adapter", read_trained_config(path)
+        return "adapter", read_config(path)
     if (path / SUMMARY_FILE).is_file():
         return "run", read_json(path / SUMMARY_FILE)
     from vqt.features.store import read_meta

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from vqt.distributed import launched_by_torchrun
-from vqt.errors import VQTError
+from vqt.errors import VQTError, first_line
 
 TIMEOUT_ENV = "VQT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch's own default for gloo; long enough for a rank that finishes its shard late
@@ -123,7 +123,7 @@ def init_from_env(device_choice: str | None = None) -> DistContext:
             dist.init_process_group(backend=backend, timeout=timeout,
                                     device_id=device if use_cuda else None)
         except (RuntimeError, ValueError) as error:
-            raise DistributedError(f"cannot join the torchrun process group ({_first_line(error)})") from error
+            raise DistributedError(f"cannot join the torchrun process group ({first_line(error)})") from error
     backend = str(dist.get_backend())
     _coordination = dist.group.WORLD if backend == "gloo" else dist.new_group(backend="gloo", timeout=timeout)
     _current = DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
@@ -165,11 +165,6 @@ def rank_device(device_choice: str | None) -> torch.device:
     return torch.device(name)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def barrier(what: str, timeout: float | None = None) -> None:
     """Wait until every rank has reached `what` (a no-op in a single process).
 
@@ -186,7 +181,7 @@ def barrier(what: str, timeout: float | None = None) -> None:
     except RuntimeError as error:
         raise DistributedError(
             f"rank {ctx.rank} stopped waiting for all {ctx.world_size} ranks to reach {what!r} after "
-            f"{time.monotonic() - started:.0f} s (deadline {seconds:g} s; {_first_line(error)}): another rank "
+            f"{time.monotonic() - started:.0f} s (deadline {seconds:g} s; {first_line(error)}): another rank "
             f"failed (its error is printed above) or, past the deadline, is still working (raise {TIMEOUT_ENV} "
             "if it is only slow)"
         ) from error
@@ -203,7 +198,7 @@ def all_gather_object(value: Any, what: str) -> list[Any]:
     except RuntimeError as error:
         raise DistributedError(
             f"rank {ctx.rank} could not exchange {what} with the other ranks (deadline {timeout_seconds():g} s; "
-            f"{_first_line(error)}): another rank failed (its error is printed above) or, past the deadline, is "
+            f"{first_line(error)}): another rank failed (its error is printed above) or, past the deadline, is "
             f"still working (raise {TIMEOUT_ENV} if it is only slow)"
         ) from error
     return gathered
@@ -220,7 +215,7 @@ def broadcast_object(value: Any, what: str) -> Any:
     except RuntimeError as error:
         raise DistributedError(
             f"rank {ctx.rank} did not receive {what} from rank 0 (deadline {timeout_seconds():g} s; "
-            f"{_first_line(error)}): rank 0 failed (its error is printed above) or, past the deadline, is still "
+            f"{first_line(error)}): rank 0 failed (its error is printed above) or, past the deadline, is still "
             f"working (raise {TIMEOUT_ENV} if it is only slow)"
         ) from error
     return holder[0]

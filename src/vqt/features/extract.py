@@ -37,7 +37,7 @@ from vqt.distributed.context import (
     progress_enabled,
 )
 from vqt.distributed.shards import contiguous_shard
-from vqt.errors import StoreError, os_error_message
+from vqt.errors import StoreError, first_line
 from vqt.features.store import (
     COMPLETE_FILE,
     DTYPES,
@@ -184,7 +184,7 @@ def extract_features(
             failed = error
     if sharded:
         complete, message = broadcast_object(
-            (complete, None if failed is None else _one_line(failed)), f"the state of feature store {out}"
+            (complete, None if failed is None else first_line(failed)), f"the state of feature store {out}"
         )
         if failed is not None:
             raise failed
@@ -217,7 +217,7 @@ def extract_features(
     except BaseException as error:
         if sharded:  # tell the others why their wait for this rank ends, then stop with this rank's own error
             with contextlib.suppress(DistributedError):
-                _gather_failures(_one_line(error), out)
+                _gather_failures(first_line(error), out)
         raise
     finally:
         for file in files:
@@ -245,13 +245,6 @@ def _resume_point(out: Path, rows: range) -> int:
         if start <= done < stop:
             done = min(stop, rows.stop)
     return done
-
-
-def _one_line(error: BaseException) -> str:
-    if isinstance(error, OSError):
-        return os_error_message(error)
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _gather_failures(message: str | None, out: Path) -> list[tuple[int, str]]:

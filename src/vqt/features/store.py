@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqt.adapters import library_version
 from vqt.backbone.tap import TapOutput
+from vqt.checkpoint.files import library_version
 from vqt.errors import StoreError
 from vqt.io import write_atomic
 

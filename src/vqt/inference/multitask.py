@@ -20,6 +20,8 @@ from torch import nn
 
 from vqt.backbone.sources import create_backbone
 from vqt.backbone.tap import BackboneTap, TapOutput
+from vqt.checkpoint.config import read_config
+from vqt.checkpoint.trained import load_trained
 from vqt.data.images import open_rgb
 from vqt.errors import AdapterError
 from vqt.hub import is_hub_id, local_folder, parse_hub_id
@@ -28,7 +30,6 @@ from vqt.methods.registry import get_method
 from vqt.methods.vqt import VQT, shared_query_outputs, streamed_query_outputs
 from vqt.precision import autocast, resolve_precision, to_master
 from vqt.protocol.predict import collect_images, inference_transform
-from vqt.protocol.trained import load_trained, read_trained_config
 
 # What every adapter sharing the pass must agree on with the first (config key, what a user calls it).
 SHARED_FIELDS: tuple[tuple[str, str], ...] = (
@@ -175,7 +176,7 @@ def load_adapters(
             raise AdapterError(f"two adapters are named {name!r} ({seen[name]} and {path}); name them NAME=PATH")
         seen[name] = str(path)
     folders = {name: local_folder(path) for name, path in named}
-    configs = {name: read_trained_config(folder) for name, folder in folders.items()}
+    configs = {name: read_config(folder) for name, folder in folders.items()}
     first = named[0][0]
     for name, path in named:
         _check_shareable(str(path), configs[name])

@@ -1,9 +1,9 @@
 """The VTAB-1k protocol runner behind `vqt train / sweep / eval / predict / extract`, usable from Python."""
 
+from vqt.checkpoint.trained import load_trained, save_trained
 from vqt.protocol.predict import evaluate_adapter, predict
 from vqt.protocol.single import TRAIN_DEFAULTS, run_train
 from vqt.protocol.sweep import SWEEP_DEFAULTS, Sweep, run_sweep
-from vqt.protocol.trained import load_trained, save_trained
 
 __all__ = [
     "SWEEP_DEFAULTS",

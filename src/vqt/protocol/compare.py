@@ -35,7 +35,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from vqt.errors import VQTError
-from vqt.hub import parameter_counts
+from vqt.hub.card import parameter_counts
 from vqt.protocol import tables
 from vqt.protocol.rundir import CONFIG_FILE, SUMMARY_FILE, read_json, write_json
 

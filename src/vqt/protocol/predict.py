@@ -16,10 +16,10 @@ import torch
 from vqt.data.images import IMAGE_EXTENSIONS, open_rgb
 from vqt.data.transforms import transform_from_description
 from vqt.errors import DataError, VQTError
+from vqt.hub.fetch import load_trained
 from vqt.precision import autocast, resolve_precision, to_master
 from vqt.protocol.data import check_data_root, make_dataset, read_split, resolve_task_list
 from vqt.protocol.evaluation import evaluate_images
-from vqt.protocol.trained import load_trained
 
 
 def inference_transform(config: dict[str, Any]):

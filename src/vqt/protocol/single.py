@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vqt.backbone.sources import create_backbone, describe
+from vqt.checkpoint.trained import save_trained
 from vqt.data.lists import vtab_task_dir
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
@@ -34,7 +35,6 @@ from vqt.protocol.fitting import train_online_configs, train_store_configs
 from vqt.protocol.method_defaults import method_grid
 from vqt.protocol.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, write_json, write_jsonl
 from vqt.protocol.sweep import SWEEP_DEFAULTS, choose, epoch_records, resolve_device, unit_name
-from vqt.protocol.trained import save_trained
 from vqt.training import GridConfig
 from vqt.training.grid import grid_configs
 from vqt.training.recipe import scaled_lr

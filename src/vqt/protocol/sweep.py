@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from vqt.backbone.sources import create_backbone, describe
+from vqt.checkpoint.trained import save_trained
 from vqt.data.transforms import build_transform
 from vqt.distributed.claims import ClaimLost, Claims, check_exclusive_create, poll_interval
 from vqt.errors import VQTError
@@ -81,7 +82,6 @@ from vqt.protocol.rundir import (
     write_jsonl,
     write_text,
 )
-from vqt.protocol.trained import save_trained
 from vqt.training import GridConfig, Recipe, grid_configs
 from vqt.training.feeding import AnyStore, place_store, resolve_store_device, store_nbytes
 from vqt.training.recipe import scaled_lr

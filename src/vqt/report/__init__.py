@@ -26,7 +26,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 def write_run_report(run: RunReport) -> Path:
     """Write the report of a run folder already read by `load_run`; returns the path of report.html."""
-    from vqt.adapters import library_version
+    from vqt.checkpoint.files import library_version
     from vqt.io import write_atomic
     from vqt.report import figures as fig
     from vqt.report.page import _slug, render

@@ -278,7 +278,7 @@ def kept_pieces(seed_dir: Path) -> list[tuple[str, int, int]]:
     """Per piece (name, kept, total) of a seed's `adapter-compressed/` (its head's `indices` buffer)."""
     from safetensors.numpy import load_file
 
-    from vqt.protocol.trained import TRAINED_CONFIG, TRAINED_WEIGHTS
+    from vqt.checkpoint.files import TRAINED_CONFIG, TRAINED_WEIGHTS
 
     adapter = seed_dir / COMPRESSED_ADAPTER
     config = json.loads((adapter / TRAINED_CONFIG).read_text())

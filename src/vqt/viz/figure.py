@@ -41,8 +41,8 @@ class ViewedImage:
 
 def load_for_viz(adapter: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A saved VQT adapter as (model in eval mode, config); anything else is a one-line `VQTError`."""
+    from vqt.hub.fetch import load_trained
     from vqt.methods.vqt import VQT
-    from vqt.protocol.trained import load_trained
 
     path = Path(adapter)
     if not path.is_dir():

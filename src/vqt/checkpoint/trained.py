@@ -1,5 +1,6 @@
 """Saving and loading what the protocol trained: a standard adapter for plain VQT, otherwise a
-`trained_config.json` + `trained.safetensors` pair with the same checks on load."""
+`trained_config.json` + `trained.safetensors` pair with the same checks on load (local folders; `vqt.hub`
+resolves `hf-hub:` names on top of this)."""
 
 from __future__ import annotations
 
@@ -13,22 +14,22 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from vqt.adapters import (
-    CONFIG_NAME,
-    check_backbone,
-    library_version,
-    load_adapter,
-    save_adapter,
-)
 from vqt.backbone.sources import create_backbone, describe, weights_fingerprint
+from vqt.checkpoint.adapter import check_backbone, load_adapter, save_adapter
+from vqt.checkpoint.config import read_config
+from vqt.checkpoint.files import (
+    ADAPTER_CONFIG,
+    TRAINED_CONFIG,
+    TRAINED_FORMAT,
+    TRAINED_FORMAT_VERSION,
+    TRAINED_WEIGHTS,
+    library_version,
+)
 from vqt.errors import AdapterError
 from vqt.io import write_atomic
 from vqt.methods.feature_selection import SelectedHead
 from vqt.methods.registry import create_method, get_method
 from vqt.methods.vqt import VQT
-
-TRAINED_CONFIG = "trained_config.json"
-TRAINED_WEIGHTS = "trained.safetensors"
 
 
 def save_trained(
@@ -42,7 +43,7 @@ def save_trained(
     class_names: list[str] | None,
     extra: dict | None = None,
 ) -> Path:
-    """Save what trained. A plain VQT becomes a standard adapter (`vqt.adapters`); any other method, or a
+    """Save what trained. A plain VQT becomes a standard adapter (`vqt.checkpoint.adapter`); any other method, or a
     compressed head, a `trained_config.json` + `trained.safetensors` pair with the same checks on load."""
     directory = Path(directory)
     extra = {"method": method, **(extra or {})}
@@ -56,8 +57,8 @@ def save_trained(
     head = model.head
     num_classes = head.out_features if isinstance(head, nn.Linear) else head.linear.out_features
     config = {
-        "format": "vqt-trained",
-        "format_version": 1,
+        "format": TRAINED_FORMAT,
+        "format_version": TRAINED_FORMAT_VERSION,
         "library_version": library_version(),
         "method": method,
         "method_kwargs": kwargs,
@@ -84,33 +85,18 @@ def weights_fingerprint_of(method: str, model: nn.Module) -> str | None:
     return weights_fingerprint(model.backbone)
 
 
-def read_trained_config(directory: str | Path) -> dict[str, Any]:
-    directory = Path(directory)
-    for name in (CONFIG_NAME, TRAINED_CONFIG):
-        if (directory / name).is_file():
-            try:
-                config = json.loads((directory / name).read_text())
-            except ValueError as error:
-                raise AdapterError(f"corrupt {directory / name}: {error}") from error
-            config.setdefault("method", "vqt")
-            return config
-    raise AdapterError(f"no adapter at {directory}: neither {CONFIG_NAME} nor {TRAINED_CONFIG} found")
-
-
 def load_trained(directory: str | Path, backbone: nn.Module | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Load what `save_trained` wrote: (model in eval mode, its config). `hf-hub:OWNER/NAME[@REV]` is downloaded."""
-    from vqt.hub import local_folder
-
-    directory = local_folder(directory)
+    """Load what `save_trained` wrote: (model in eval mode, its config)."""
+    directory = Path(directory)
     if backbone is None:
-        config = read_trained_config(directory)
+        config = read_config(directory)
         if "backbone" not in config:
             raise AdapterError(f"{directory}: the adapter config names no backbone")
         backbone = create_backbone(config["backbone"], img_size=config.get("img_size"))
-    if (directory / CONFIG_NAME).is_file():
+    if (directory / ADAPTER_CONFIG).is_file():
         model = load_adapter(directory, backbone)
-        return model, read_trained_config(directory)
-    config = read_trained_config(directory)
+        return model, read_config(directory)
+    config = read_config(directory)
     data = (directory / TRAINED_WEIGHTS).read_bytes() if (directory / TRAINED_WEIGHTS).is_file() else None
     if data is None or hashlib.sha256(data).hexdigest() != config.get("weights_sha256"):
         raise AdapterError(f"adapter weights in {directory} are missing or corrupt (checksum mismatch)")

@@ -3,6 +3,7 @@
 An adapter is a folder with `adapter_config.json` and `adapter.safetensors` (the shape HF peft uses), a few
 hundred KiB instead of a whole backbone. Loading re-creates the backbone from the recorded spelling (or takes
 one the caller made) and refuses, naming what differs, any backbone, width, depth, Q or file that does not fit.
+Local folders only: `vqt.hub` resolves `hf-hub:` names and pushes, on top of this module.
 """
 
 from __future__ import annotations
@@ -18,21 +19,17 @@ from safetensors.torch import load, save
 from torch import nn
 
 from vqt.backbone.sources import create_backbone, describe, weights_fingerprint
+from vqt.checkpoint.config import read_adapter_config
+from vqt.checkpoint.files import (
+    ADAPTER_CONFIG,
+    ADAPTER_FORMAT,
+    ADAPTER_FORMAT_VERSION,
+    ADAPTER_WEIGHTS,
+    library_version,
+)
 from vqt.errors import AdapterError
 from vqt.io import write_atomic
 from vqt.methods.vqt import VQT
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter.safetensors"
-FORMAT = "vqt-adapter"
-FORMAT_VERSION = 1
-
-
-def library_version() -> str:
-    """The installed `visual-query-tuning` version (`vqt.__version__`), recorded in adapters, stores and runs."""
-    import vqt
-
-    return vqt.__version__
 
 
 def save_adapter(
@@ -43,12 +40,8 @@ def save_adapter(
     transform: dict[str, Any] | None = None,
     class_names: list[str] | None = None,
     extra: dict[str, Any] | None = None,
-    push_to_hub: str | None = None,
 ) -> Path:
-    """Save queries + head + config. `backbone_spec` is the spelling `create_backbone` understands.
-
-    `push_to_hub="owner/name"` then uploads the folder with a generated model card (`vqt.hub.push_to_hub`).
-    """
+    """Save queries + head + config. `backbone_spec` is the spelling `create_backbone` understands."""
     directory = Path(directory)
     num_classes = model.head.out_features
     if class_names is not None and len(class_names) != num_classes:
@@ -56,8 +49,8 @@ def save_adapter(
     tensors = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
     weights = save(tensors)
     config = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format": ADAPTER_FORMAT,
+        "format_version": ADAPTER_FORMAT_VERSION,
         "library_version": library_version(),
         "backbone": backbone_spec,
         "architecture": describe(model.backbone),
@@ -72,37 +65,18 @@ def save_adapter(
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
         **(extra or {}),
     }
-    write_atomic(directory / WEIGHTS_NAME, weights)
-    write_atomic(directory / CONFIG_NAME, json.dumps(config, indent=2).encode())  # written last: the commit
-    if push_to_hub:
-        from vqt.hub import push_to_hub as push
-
-        push(directory, push_to_hub)
+    write_atomic(directory / ADAPTER_WEIGHTS, weights)
+    write_atomic(directory / ADAPTER_CONFIG, json.dumps(config, indent=2).encode())  # written last: the commit
     return directory
 
 
-def read_adapter_config(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_NAME
-    if not path.is_file():
-        raise AdapterError(f"no adapter at {directory}: {CONFIG_NAME} not found")
-    try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AdapterError(f"corrupt adapter config {path}: {error}") from error
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise AdapterError(f"{path} is not a VQT adapter config")
-    if config.get("format_version", 0) > FORMAT_VERSION:
-        raise AdapterError(f"{path} was written by a newer vqt (format {config['format_version']}); upgrade vqt")
-    return config
-
-
 def _load_tensors(directory: Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
-    path = directory / WEIGHTS_NAME
+    path = directory / ADAPTER_WEIGHTS
     if not path.is_file():
         raise AdapterError(f"adapter weights missing: {path}")
     data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != config.get("weights_sha256"):
-        raise AdapterError(f"corrupt adapter weights {path}: checksum does not match {CONFIG_NAME}")
+        raise AdapterError(f"corrupt adapter weights {path}: checksum does not match {ADAPTER_CONFIG}")
     try:
         return load(data)
     except (SafetensorError, OSError) as error:
@@ -138,12 +112,7 @@ def load_adapter(
     """Rebuild a trained VQT: the recorded backbone (or `backbone`), then queries and head from the file.
 
     `num_queries`, if given, is what the caller expects; an adapter with another Q is refused.
-    `directory` may be `hf-hub:OWNER/NAME[@REVISION]`: downloaded (`vqt.hub`), then loaded and checked as a folder.
     """
-    if str(directory).startswith("hf-hub:"):
-        from vqt.hub import download
-
-        directory = download(directory)
     directory = Path(directory)
     config = read_adapter_config(directory)
     if num_queries is not None:
