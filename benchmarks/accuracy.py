@@ -35,10 +35,10 @@ from vqt.backbone.sources import create_backbone, describe  # noqa: E402
 from vqt.checkpoint.trained import load_trained  # noqa: E402
 from vqt.data.synth.writer import generate_task  # noqa: E402
 from vqt.data.transforms import build_transform  # noqa: E402
-from vqt.protocol.data import task_store  # noqa: E402
-from vqt.protocol.evaluation import store_features  # noqa: E402
-from vqt.protocol.rundir import FinishedRun  # noqa: E402
+from vqt.protocol.accuracy import store_features  # noqa: E402
+from vqt.protocol.stores import task_store  # noqa: E402
 from vqt.protocol.sweep import run_sweep  # noqa: E402
+from vqt.rundir import FinishedRun  # noqa: E402
 
 # (label, method, extra sweep options); the compressed VQT row is read from the Q = 1 run
 METHODS: list[tuple[str, str, dict]] = [

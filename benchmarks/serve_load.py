@@ -42,8 +42,8 @@ from vqt.backbone.sources import create_backbone
 from vqt.checkpoint.adapter import save_adapter
 from vqt.data.transforms import describe_transform
 from vqt.inference.multitask import load_adapters
+from vqt.inference.predict import inference_transform
 from vqt.methods.vqt import VQT
-from vqt.protocol.predict import inference_transform
 
 
 def png(width: int, height: int, seed: int) -> bytes:

@@ -232,7 +232,7 @@ def test_store_for_another_backbone(data_root: Path, tmp_path: Path, capsys) -> 
 
 
 def test_no_space_left(data_root: Path, tmp_path: Path, monkeypatch, capsys) -> None:
-    import vqt.protocol.rundir as rundir
+    import vqt.rundir as rundir
 
     def full(path: Path, data: bytes) -> None:
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -15,7 +15,7 @@ import pytest
 
 from tests.test_cli_protocol import BACKBONE, TINY, data_root, sweep_args  # noqa: F401 - data_root is a fixture
 from vqt.cli.main import main
-from vqt.protocol import compare, tables
+from vqt.report import compare, tables
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -76,7 +76,7 @@ def test_a_split_folder_trains_like_a_vtab_task(folder: Path, tmp_path: Path, on
 
 def test_a_folder_named_like_a_vtab_alias_is_the_users_task(folder: Path, tmp_path: Path, one_thread) -> None:
     """`pets` is an alias of oxford_iiit_pet; with no folder of that task under --data-root it is the user's own."""
-    from vqt.protocol.data import resolve_task_list
+    from vqt.data.tasks import resolve_task_list
 
     pets = folder.rename(folder.parent / "pets")
     assert split(pets) == 0

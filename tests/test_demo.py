@@ -6,8 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from vqt import demo
 from vqt.cli.main import main
-from vqt.protocol import demo
 
 
 def test_demo_writes_table_plot_and_summary(tmp_path: Path, monkeypatch) -> None:

@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from torch.utils.data import TensorDataset
 
 from tests.tiny_models import tiny_vit
-from vqt.distributed.ddp import per_rank_batch, rank_slice, shard
+from vqt.distributed.shards import per_rank_batch, rank_slice, shard
 from vqt.errors import VQTError
 from vqt.protocol.build import build_model, make_recipe, method_kwargs
 from vqt.protocol.fitting import fit_online

@@ -82,7 +82,7 @@ def _phases(rank: int, root: Path) -> dict:
         extract(backbone, CountingDataset(), root / "alone")
     context.barrier("rank 1's own store")
 
-    from vqt.protocol.data import _on_rank_0
+    from vqt.protocol.stores import _on_rank_0
 
     calls = []
 

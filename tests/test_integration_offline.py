@@ -33,11 +33,11 @@ MARGIN = 0.15  # VQT - best linear probe; seen 0.25-0.30 across seeds, sampling 
 def linear_probe_accuracies(data: Path, stores: Path) -> list[float]:
     """Linear probes from the very store VQT trained on, with VQT's recipe at each lr, evaluated on test images."""
     from vqt.backbone.sources import create_backbone
+    from vqt.data.tasks import make_dataset, read_split
     from vqt.data.transforms import build_transform
     from vqt.features import open_store
+    from vqt.protocol.accuracy import evaluate_images
     from vqt.protocol.build import make_recipe
-    from vqt.protocol.data import make_dataset, read_split
-    from vqt.protocol.evaluation import evaluate_images
     from vqt.protocol.fitting import train_store_configs
     from vqt.training import GridConfig
 

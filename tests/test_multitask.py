@@ -18,7 +18,7 @@ from vqt.cli.main import main
 from vqt.data.transforms import describe_transform
 from vqt.errors import AdapterError
 from vqt.inference.multitask import load_adapters, parse_adapter_argument, predict_tasks, task_name
-from vqt.protocol.predict import predict
+from vqt.inference.predict import predict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -49,7 +49,7 @@ def test_resolve_precision() -> None:
 
 def test_parser_choices_match_the_library() -> None:
     """The CLI spells the choices itself (no torch import when building parsers); they must agree."""
-    from vqt.protocol.config import PRECISION_CHOICES, STORE_DEVICE_CHOICES
+    from vqt.protocol.validation import PRECISION_CHOICES, STORE_DEVICE_CHOICES
 
     assert PRECISION_CHOICES == PRECISIONS
     feeding = pytest.importorskip("vqt.training.feeding")
@@ -282,7 +282,7 @@ def test_bench_memory_bf16_row() -> None:
 def test_demo_bf16_then_fp32(tmp_path: Path, monkeypatch, capsys) -> None:
     """`vqt demo --precision bf16` (budget shrunk to seconds, memory measurement faked): extraction, sweeps and the
     summary are bf16; the same folder asked for fp32 is refused in one line naming the field and what to do."""
-    import vqt.protocol.demo as demo
+    import vqt.demo as demo
 
     tiny = demo.Budget(tasks=("dsprites_loc",), img_size=32, n_train=16, n_val=8, n_test=16, lrs=(0.02,), wds=(0.0,),
                        epochs=2, warmup_epochs=1, seeds=1, queries=1, memory_batch=2)

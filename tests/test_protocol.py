@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from vqt.cli.options import Option, add_options, compress_spec, queries_spec, resolve
 from vqt.errors import VQTError
-from vqt.protocol import tables
-from vqt.protocol.config import Option, add_options, compress_spec, queries_spec, resolve
-from vqt.protocol.rundir import RunDir, write_json
 from vqt.protocol.sweep import choose, chunks
+from vqt.report import tables
+from vqt.rundir import RunDir, write_json
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,13 +119,13 @@ def test_sweep_api_head_methods(data_root: Path, tmp_path: Path, method: str) ->
     model, config = load_trained(adapter)
     assert config["method"] == method and model(torch.zeros(2, 3, 32, 32)).shape == (2, 16)
     result = json.loads((adapter.parent / "result.json").read_text())
-    from vqt.protocol.predict import evaluate_adapter
+    from vqt.inference.predict import evaluate_adapter
 
     assert evaluate_adapter(adapter, data_root, "dsprites_loc")["accuracy"] == pytest.approx(result["test_accuracy"])
 
 
 def test_train_api_online_vqt_with_augmentation_and_lora(data_root: Path, tmp_path: Path) -> None:
-    from vqt.protocol.single import run_train
+    from vqt.protocol.train_run import run_train
 
     summary = run_train({**BASE, "data_root": str(data_root), "task": "dsprites_loc", "online": True,
                          "augment": True, "queries": 2, "val_split": "val200", "out": str(tmp_path / "a")})
@@ -150,7 +150,7 @@ def test_train_api_online_vqt_with_augmentation_and_lora(data_root: Path, tmp_pa
 @pytest.mark.parametrize("how", [{"online": True}, {"method": "lora"}])
 def test_compress_with_online_training_is_refused(data_root: Path, tmp_path: Path, compress: str, how: dict) -> None:
     """Compression retrains the head on stored features; online training has none, so it used to be skipped."""
-    from vqt.protocol.single import run_train
+    from vqt.protocol.train_run import run_train
 
     with pytest.raises(VQTError, match="drop --compress"):
         run_train({**BASE, "data_root": str(data_root), "task": "dsprites_loc", "compress": compress, **how,
@@ -161,7 +161,7 @@ def test_compress_with_online_training_is_refused(data_root: Path, tmp_path: Pat
 @pytest.mark.parametrize("store_device", ["cpu"])  # cuda: refused earlier here, naming the missing CUDA device
 def test_store_device_with_online_training_is_refused(data_root: Path, tmp_path: Path, store_device: str) -> None:
     """`--store-device` places a feature store; online training reads images, so it used to be ignored silently."""
-    from vqt.protocol.single import run_train
+    from vqt.protocol.train_run import run_train
 
     with pytest.raises(VQTError, match="drop --store-device"):
         run_train({**BASE, "data_root": str(data_root), "task": "dsprites_loc", "online": True,

@@ -25,7 +25,7 @@ def test_assembled_trainval_store_equals_an_extracted_one(data_root: Path, tmp_p
 
     from vqt.backbone.sources import create_backbone
     from vqt.data.transforms import build_transform
-    from vqt.protocol.data import task_store
+    from vqt.protocol.stores import task_store
 
     backbone = create_backbone("vit_tiny_patch16_224@random", img_size=32)
     transform, description = build_transform("backbone", backbone, img_size=32)
@@ -84,7 +84,7 @@ def test_trainval_assembly_refuses_a_half_written_store_of_another_request(
     from vqt.backbone.sources import create_backbone
     from vqt.data.transforms import build_transform
     from vqt.errors import StoreError
-    from vqt.protocol.data import task_store
+    from vqt.protocol.stores import task_store
 
     stores = tmp_path / "stores"
     backbone = create_backbone("vit_tiny_patch16_224@random", img_size=32)

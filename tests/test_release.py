@@ -91,7 +91,7 @@ def test_console_script_is_the_launcher() -> None:
 
 def test_install_hints_name_the_distribution() -> None:
     from vqt.backbone.offline import INSTALL_HINT
-    from vqt.protocol.tensorboard import INSTALL
+    from vqt.report.tensorboard import INSTALL
 
     assert INSTALL_HINT == "pip install 'visual-query-tuning[offline]'"
     assert INSTALL == "pip install 'visual-query-tuning[tensorboard]'"

@@ -131,7 +131,7 @@ def test_report_of_a_finished_compressed_run(runs: dict[str, Path], capsys) -> N
 def test_kept_feature_groups_are_the_compressed_heads_indices(runs: dict[str, Path]) -> None:
     from safetensors.numpy import load_file
 
-    from vqt.report import load_run
+    from vqt.report.load import load_run
 
     run = load_run(runs["finished"])
     for task in run.tasks:

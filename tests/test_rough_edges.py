@@ -78,7 +78,7 @@ def test_finished_train_rerun_prints_its_summary(data_root: Path, tmp_path: Path
 def test_finished_run_python_api(data_root: Path, tmp_path: Path) -> None:
     """`prepare` tells "finished, same configuration" apart (FinishedRun, a VQTError carrying the summary)."""
     from vqt.errors import VQTError
-    from vqt.protocol.rundir import FinishedRun, RunDir, write_json
+    from vqt.rundir import FinishedRun, RunDir, write_json
 
     run = RunDir(tmp_path / "r")
     assert run.prepare({"a": 1, "out": "x"}, overwrite=False, kind="sweep") is False
@@ -149,9 +149,9 @@ def test_impossible_settings_from_a_config_file(data_root: Path, tmp_path: Path,
 
 def test_validate_config_directly() -> None:
     from vqt.errors import VQTError
-    from vqt.protocol.config import validate_config
-    from vqt.protocol.single import TRAIN_DEFAULTS
     from vqt.protocol.sweep import SWEEP_DEFAULTS
+    from vqt.protocol.train_run import TRAIN_DEFAULTS
+    from vqt.protocol.validation import validate_config
 
     validate_config(TRAIN_DEFAULTS)
     validate_config(SWEEP_DEFAULTS)
@@ -178,14 +178,14 @@ def test_recipe_refuses_negative_lr_and_weight_decay() -> None:
 
 
 def _rows(*tasks: tuple[str, str, float | None]) -> list[dict]:
-    from vqt.protocol import tables
+    from vqt.report import tables
 
     return [tables.task_row({"task": name, "group": group, "test_mean": mean, "test_std": 0.0, "status": "ok"})
             for name, group, mean in tasks]
 
 
 def test_group_means_with_other_tasks() -> None:
-    from vqt.protocol import tables
+    from vqt.report import tables
 
     vtab_only = tables.group_means(_rows(("dtd", "Natural", 0.8), ("dsprites_ori", "Structured", 0.4)))
     assert list(vtab_only) == ["Natural", "Specialized", "Structured", "Mean"]  # unchanged without Other tasks
@@ -236,7 +236,7 @@ def test_sweep_over_a_user_task_has_an_overall_mean(data_root: Path, tmp_path: P
 def _sweep_config(*argv: str, config: Path | None = None) -> dict:
     from vqt.cli import sweep
     from vqt.cli.main import build_parser
-    from vqt.protocol.config import resolve
+    from vqt.cli.options import resolve
 
     extra = ["--config", str(config)] if config is not None else []
     return resolve(build_parser().parse_args(["sweep", *extra, *argv]), sweep.OPTIONS)
@@ -296,8 +296,8 @@ def test_space_separated_grid_on_the_command_line(data_root: Path, tmp_path: Pat
 def test_python_api_refuses_impossible_settings_before_any_work(tmp_path: Path) -> None:
     """`run_train`/`run_sweep` validate like the CLI (they are what the CLI calls)."""
     from vqt.errors import VQTError
-    from vqt.protocol.single import run_train
     from vqt.protocol.sweep import run_sweep
+    from vqt.protocol.train_run import run_train
 
     with pytest.raises(VQTError, match="--lr must be > 0"):
         run_train({"task": "dsprites_ori", "lr": -1.0, "out": str(tmp_path / "t")})

@@ -57,7 +57,7 @@ def check_run(out: Path, method: str) -> None:
 
 def test_lora_sweep_end_to_end(data_root: Path, lora_run: Path) -> None:  # noqa: F811
     from vqt.checkpoint.trained import load_trained
-    from vqt.protocol.predict import evaluate_adapter
+    from vqt.inference.predict import evaluate_adapter
 
     check_run(lora_run, "lora")
     adapter = lora_run / "tasks" / "dsprites_ori" / "final" / "seed1" / "adapter"
@@ -94,9 +94,9 @@ def test_killed_online_sweep_resumes_to_the_uninterrupted_results(
 def test_configurations_do_not_leak_into_each_other(data_root: Path, method: str) -> None:  # noqa: F811
     """Config A alone == config A after config B: every configuration starts from the pristine backbone."""
     from vqt.backbone.sources import create_backbone
+    from vqt.data.tasks import make_dataset, read_split
     from vqt.data.transforms import build_transform
     from vqt.protocol.build import make_recipe
-    from vqt.protocol.data import make_dataset, read_split
     from vqt.protocol.fitting import train_online_configs
     from vqt.training import GridConfig
 
@@ -118,8 +118,8 @@ def test_configurations_do_not_leak_into_each_other(data_root: Path, method: str
 
 
 def test_method_default_grids_when_no_lrs(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
+    from vqt.cli.options import add_options, resolve
     from vqt.cli.sweep import OPTIONS
-    from vqt.protocol.config import add_options, resolve
     from vqt.protocol.method_defaults import METHOD_GRIDS, method_grid
     from vqt.protocol.sweep import Sweep
     from vqt.training import LR_GRID, WD_GRID

@@ -11,7 +11,7 @@ import pytest
 
 from tests.test_cli_protocol import BACKBONE, TINY, data_root, sweep_args  # noqa: F401 (data_root: a fixture)
 from vqt.cli.main import main
-from vqt.protocol.rundir import STOP_ENV
+from vqt.rundir import STOP_ENV
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -94,7 +94,7 @@ def test_any_os_error_is_one_line_unless_debug(monkeypatch, capsys) -> None:
 
 def test_user_errors_converts_every_errno() -> None:
     from vqt.errors import VQTError
-    from vqt.protocol.rundir import user_errors
+    from vqt.rundir import user_errors
 
     def fails(error: OSError) -> None:
         raise error

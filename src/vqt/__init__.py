@@ -152,10 +152,10 @@ _EXPORTS: dict[str, str] = {
     "save_adapter": "vqt.hub.push",
     "load_adapter": "vqt.hub.fetch",
     # the protocol (what the CLI runs)
-    "run_train": "vqt.protocol.single",
+    "run_train": "vqt.protocol.train_run",
     "run_sweep": "vqt.protocol.sweep",
-    "predict": "vqt.protocol.predict",
-    "evaluate_adapter": "vqt.protocol.predict",
+    "predict": "vqt.inference.predict",
+    "evaluate_adapter": "vqt.inference.predict",
     "save_trained": "vqt.checkpoint.trained",
     "load_trained": "vqt.hub.fetch",
     # serving: many tasks from one backbone pass

@@ -57,8 +57,8 @@ def resolve_device(name: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from vqt.bench.methods import scatter_plot
     from vqt.errors import VQTError
-    from vqt.protocol import compare
-    from vqt.protocol.rundir import write_text
+    from vqt.report import compare
+    from vqt.rundir import write_text
 
     if args.batch < 1:
         raise VQTError(f"--batch must be at least 1, got {args.batch}")

@@ -85,7 +85,7 @@ def run_split(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from vqt.data.splitting import split_image_folder
-    from vqt.protocol.rundir import user_errors
+    from vqt.rundir import user_errors
 
     counts = user_errors(split_image_folder)(args.folder, train=args.train, val=args.val, test=args.test,
                                              seed=args.seed, overwrite=args.overwrite)

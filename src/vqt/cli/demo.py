@@ -1,4 +1,4 @@
-"""`vqt demo`: the one-command tour on the offline pre-trained backbone (see `vqt.protocol.demo`)."""
+"""`vqt demo`: the one-command tour on the offline pre-trained backbone (see `vqt.demo`)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vqt.protocol.demo import run_demo
+    from vqt.demo import run_demo
 
     run_demo(args.out, full=args.full, backbone=args.backbone, device=args.device, progress=not args.no_progress,
              precision=args.precision, store_device=args.store_device)

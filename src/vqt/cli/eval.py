@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from vqt.protocol.config import PRECISION_CHOICES, PRECISION_HELP
+from vqt.cli.options import PRECISION_HELP
+from vqt.protocol.validation import PRECISION_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vqt.protocol.predict import evaluate_adapter
-    from vqt.protocol.rundir import user_errors
+    from vqt.inference.predict import evaluate_adapter
+    from vqt.rundir import user_errors
 
     result = user_errors(evaluate_adapter)(args.adapter, args.data_root, args.task, args.split,
                                            batch_size=args.batch_size, num_workers=args.num_workers,

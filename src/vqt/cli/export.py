@@ -31,7 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vqt.inference.export import export_adapters
-    from vqt.protocol.rundir import user_errors
+    from vqt.rundir import user_errors
 
     report = user_errors(export_adapters)(args.adapters, args.out, format=args.format, opset=args.opset,
                                           tolerance=args.tolerance)

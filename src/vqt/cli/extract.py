@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from vqt.protocol.config import PRECISION_CHOICES, Option, add_options, resolve
+from vqt.cli.options import Option, add_options, resolve
+from vqt.protocol.validation import PRECISION_CHOICES
 
 OPTIONS = (
     Option("--backbone", "vit_base_patch16_224.orig_in21k", "backbone spelling"),
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vqt.protocol.rundir import user_errors
+    from vqt.rundir import user_errors
 
     return user_errors(_run)(resolve(args, OPTIONS))
 
@@ -49,10 +50,11 @@ def _run(c: dict) -> int:
     from pathlib import Path
 
     from vqt.backbone.sources import create_backbone, describe
+    from vqt.data.tasks import check_data_root, resolve_task_list
     from vqt.data.transforms import build_transform
     from vqt.errors import VQTError
     from vqt.precision import resolve_precision
-    from vqt.protocol.data import check_data_root, resolve_task_list, task_store
+    from vqt.protocol.stores import task_store
     from vqt.protocol.sweep import resolve_device
 
     if not c["task"]:

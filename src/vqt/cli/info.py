@@ -32,7 +32,7 @@ def describe_path(path: Path) -> tuple[str, dict]:
         return "adapter", read_adapter_config(path)
     from vqt.checkpoint.config import read_config
     from vqt.checkpoint.files import TRAINED_CONFIG
-    from vqt.protocol.rundir import SUMMARY_FILE, read_json
+    from vqt.rundir import SUMMARY_FILE, read_json
 
     if (path / TRAINED_CONFIG).is_file():
         return "adapter", read_config(path)

@@ -11,8 +11,9 @@ import argparse
 import json
 from pathlib import Path
 
+from vqt.cli.options import PRECISION_HELP
 from vqt.errors import VQTError
-from vqt.protocol.config import PRECISION_CHOICES, PRECISION_HELP
+from vqt.protocol.validation import PRECISION_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -57,7 +58,7 @@ def _print_table(title: str, rows: list[tuple[str, str, list[dict]]], with_task:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vqt.protocol.rundir import user_errors
+    from vqt.rundir import user_errors
 
     if not args.adapter:
         if args.task:
@@ -78,8 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_one(args: argparse.Namespace, adapter: Path, images: list[Path]) -> int:
-    from vqt.protocol.predict import predict
-    from vqt.protocol.rundir import user_errors
+    from vqt.inference.predict import predict
+    from vqt.rundir import user_errors
 
     results = user_errors(predict)(adapter, images, top_k=args.top_k, batch_size=args.batch_size,
                                    precision=args.precision)

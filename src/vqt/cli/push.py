@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from vqt.hub import push_to_hub
-    from vqt.protocol.rundir import user_errors
+    from vqt.rundir import user_errors
 
     url = user_errors(push_to_hub)(args.adapter, args.repo_id, private=args.private, commit_message=args.message)
     print(f"pushed {args.adapter} to {url}")

@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vqt.protocol.rundir import user_errors
-    from vqt.report import load_run, write_run_report
+    from vqt.report.html import write_run_report
+    from vqt.report.load import load_run
+    from vqt.rundir import user_errors
 
     report = user_errors(load_run)(args.run_dir)
     page = user_errors(write_run_report)(report)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from vqt.protocol.config import PRECISION_CHOICES, PRECISION_HELP
+from vqt.cli.options import PRECISION_HELP
+from vqt.protocol.validation import PRECISION_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from vqt.errors import VQTError
     from vqt.inference.server import serve
     from vqt.inference.settings import ServeSettings
-    from vqt.protocol.rundir import user_errors
+    from vqt.rundir import user_errors
 
     if args.max_batch < 1 or args.max_wait_ms < 0:
         raise VQTError("--max-batch must be >= 1 and --max-wait-ms >= 0")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from vqt.protocol.config import (
+from vqt.cli.options import (
     Option,
     add_options,
     compress_spec,
@@ -80,9 +80,9 @@ def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from vqt.errors import VQTError
-    from vqt.protocol.rundir import FinishedRun, user_errors
     from vqt.protocol.sweep import run_sweep
-    from vqt.protocol.tables import rich_table
+    from vqt.report.tables import rich_table
+    from vqt.rundir import FinishedRun, user_errors
 
     config = resolve(args, OPTIONS)
     config["progress"] = not config.pop("no_progress")

@@ -4,15 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from vqt.protocol.config import (
-    Option,
-    add_options,
-    compress_spec,
-    queries_spec,
-    resolve,
-    shared_options,
-)
-from vqt.protocol.single import TRAIN_DEFAULTS as D
+from vqt.cli.options import Option, add_options, compress_spec, queries_spec, resolve, shared_options
+from vqt.protocol.train_run import TRAIN_DEFAULTS as D
 
 OPTIONS = (
     *shared_options(D, "--backbone"),
@@ -70,8 +63,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vqt.protocol.rundir import FinishedRun, user_errors
-    from vqt.protocol.single import run_train
+    from vqt.protocol.train_run import run_train
+    from vqt.rundir import FinishedRun, user_errors
 
     config = resolve(args, OPTIONS)
     config["progress"] = not config.pop("no_progress")

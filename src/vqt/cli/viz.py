@@ -56,7 +56,7 @@ def _help(parser: argparse.ArgumentParser) -> int:
 
 
 def run_attention(args: argparse.Namespace) -> int:
-    from vqt.protocol.rundir import user_errors
+    from vqt.rundir import user_errors
     from vqt.viz.figure import render_attention
 
     written = user_errors(render_attention)(

@@ -252,3 +252,35 @@ def log_prefix() -> str:
 def configure_logging(level: str | int) -> None:
     """The CLI's logging set-up: records name the rank when there are several."""
     logging.basicConfig(level=level, format=f"{log_prefix()}%(levelname)s %(name)s: %(message)s")
+
+
+# ---------------------------------------------------------------- the default process group, as training sees it
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def use_ddp(requested: bool | None) -> bool:
+    """None: DDP when a process group with more than one rank is initialised; False: never (e.g. the sweep, whose
+    ranks train different units); True: required."""
+    if requested is False:
+        return False
+    active = world()[1] > 1
+    if requested and not active:
+        raise VQTError("distributed training asked for, but no process group of more than one rank is initialised "
+                       "(launch with torchrun --nproc_per_node N)")
+    return active
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device | None = None) -> list[float]:
+    """Element-wise sum over the ranks (float64; on the process group's device for NCCL)."""
+    if world()[1] == 1:
+        return [float(v) for v in values]
+    on = device if device is not None and dist.get_backend() != "gloo" else torch.device("cpu")
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=on)
+    dist.all_reduce(tensor)
+    return tensor.cpu().tolist()

@@ -25,11 +25,11 @@ from vqt.checkpoint.trained import load_trained
 from vqt.data.images import open_rgb
 from vqt.errors import AdapterError
 from vqt.hub import is_hub_id, local_folder, parse_hub_id
+from vqt.inference.predict import collect_images, inference_transform
 from vqt.methods.linear import LinearProbe
 from vqt.methods.registry import get_method
 from vqt.methods.vqt import VQT, shared_query_outputs, streamed_query_outputs
 from vqt.precision import autocast, resolve_precision, to_master
-from vqt.protocol.predict import collect_images, inference_transform
 
 # What every adapter sharing the pass must agree on with the first (config key, what a user calls it).
 SHARED_FIELDS: tuple[tuple[str, str], ...] = (

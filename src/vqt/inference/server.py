@@ -41,9 +41,9 @@ from PIL import Image
 from vqt.data.images import open_rgb
 from vqt.errors import DataError, VQTError
 from vqt.inference.multitask import MultiTaskModel, top_k
+from vqt.inference.predict import inference_transform
 from vqt.inference.settings import MAX_IMAGES_PER_REQUEST, ServeSettings
 from vqt.precision import autocast, resolve_precision
-from vqt.protocol.predict import inference_transform
 
 
 class RequestError(Exception):

@@ -1,18 +1,5 @@
-"""The VTAB-1k protocol runner behind `vqt train / sweep / eval / predict / extract`, usable from Python."""
+"""The VTAB-1k protocol behind `vqt train` and `vqt sweep`, usable from Python (`run_train`, `run_sweep`).
 
-from vqt.checkpoint.trained import load_trained, save_trained
-from vqt.protocol.predict import evaluate_adapter, predict
-from vqt.protocol.single import TRAIN_DEFAULTS, run_train
-from vqt.protocol.sweep import SWEEP_DEFAULTS, Sweep, run_sweep
-
-__all__ = [
-    "SWEEP_DEFAULTS",
-    "TRAIN_DEFAULTS",
-    "Sweep",
-    "evaluate_adapter",
-    "load_trained",
-    "predict",
-    "run_sweep",
-    "run_train",
-    "save_trained",
-]
+The grid on train800 judged on val200, the chosen configuration on train800val200 with N seeds, tested at the
+last epoch (docs/design.md §2). This package module imports nothing: its modules load on first use.
+"""

@@ -7,11 +7,11 @@ import copy
 from torch import nn
 
 from vqt.data.registry import COMPRESSION_KEEP
+from vqt.data.tasks import OTHER_GROUP, TaskSpec
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.feature_selection import select_and_refit
-from vqt.protocol.data import OTHER_GROUP, TaskSpec
-from vqt.protocol.evaluation import store_features
+from vqt.protocol.accuracy import store_features
 
 
 def keep_fraction(spec: float | str | None, task: TaskSpec) -> float | None:

@@ -25,15 +25,16 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from vqt.distributed.ddp import fit_ddp, use_ddp, world
+from vqt.distributed.context import use_ddp, world
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.vqt import VQT, seeded_embed_dropout
 from vqt.precision import autocast, to_master
+from vqt.protocol.accuracy import evaluate_images, store_features
 from vqt.protocol.build import HEAD_METHODS, build_model
-from vqt.protocol.evaluation import evaluate_images, store_features
 from vqt.training import GridConfig, History, Recipe, train_grid, train_online
 from vqt.training.cached import fit_epochs, image_batches
+from vqt.training.ddp import fit_ddp
 from vqt.training.feeding import resolve_store_device, store_nbytes
 from vqt.training.recipe import make_optimizer, seeded_query_dropout
 
@@ -155,7 +156,7 @@ def fit_online(
     bf16: the forward runs under autocast; the logits are cast to fp32 before the loss (as VQT's trainers do).
     `distributed` (None: when a process group of several ranks is initialised; False: this process alone, as the
     sweep's units train): `DistributedDataParallel` over the ranks with the recipe's global batch and order, each
-    rank a contiguous slice of every batch (`vqt.distributed.ddp`), validation sharded.
+    rank a contiguous slice of every batch (`vqt.training.ddp`), validation sharded.
     """
     if use_ddp(distributed):
         return _fit_online_ddp(model, dataset, recipe, val_dataset=val_dataset, num_workers=num_workers,

@@ -48,29 +48,22 @@ from torch import nn
 
 from vqt.backbone.sources import create_backbone, describe
 from vqt.checkpoint.trained import save_trained
+from vqt.data.tasks import TaskSpec, check_data_root, class_names, make_dataset, read_split, resolve_task_list
 from vqt.data.transforms import build_transform
 from vqt.distributed.claims import ClaimLost, Claims, check_exclusive_create, poll_interval
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.registry import get_method
 from vqt.precision import resolve_precision
-from vqt.protocol import tables, tensorboard
+from vqt.protocol.accuracy import evaluate_images, evaluate_store_models
 from vqt.protocol.build import make_recipe, method_kwargs
 from vqt.protocol.compression import compress, keep_fraction
-from vqt.protocol.config import validate_config
-from vqt.protocol.data import (
-    TaskSpec,
-    check_data_root,
-    class_names,
-    make_dataset,
-    read_split,
-    resolve_task_list,
-    task_store,
-)
-from vqt.protocol.evaluation import evaluate_images, evaluate_store_models
 from vqt.protocol.fitting import Trained, train_online_configs, train_store_configs
 from vqt.protocol.method_defaults import method_grid
-from vqt.protocol.rundir import (
+from vqt.protocol.stores import task_store
+from vqt.protocol.validation import validate_config
+from vqt.report import tables, tensorboard
+from vqt.rundir import (
     METRICS_FILE,
     SUMMARY_FILE,
     RunDir,
@@ -78,6 +71,7 @@ from vqt.protocol.rundir import (
     read_jsonl,
     reset_unit,
     unit_done,
+    unit_name,
     write_json,
     write_jsonl,
     write_text,
@@ -135,10 +129,6 @@ def resolve_device(name: str | None) -> torch.device:
     from vqt.distributed.context import rank_device
 
     return rank_device(name)
-
-
-def unit_name(config: GridConfig) -> str:
-    return f"lr{config.lr:g}_wd{config.weight_decay:g}"
 
 
 def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:

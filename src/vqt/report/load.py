@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from vqt.errors import VQTError
-from vqt.protocol import tables
-from vqt.protocol.rundir import CONFIG_FILE, METRICS_FILE, RESULT_FILE, SUMMARY_FILE, read_json, read_jsonl
+from vqt.report import tables
+from vqt.rundir import CONFIG_FILE, METRICS_FILE, RESULT_FILE, SUMMARY_FILE, read_json, read_jsonl
 
 COMPRESSED_ADAPTER = "adapter-compressed"
 PRE_LOGITS = "pre-logits"
@@ -177,7 +177,7 @@ def _task_names(config: dict[str, Any], summary: dict[str, Any] | None, root: Pa
     """(task, group) in the sweep's order: the configured list when it resolves, then any other task folder."""
     names: list[tuple[str, str]] = []
     try:
-        from vqt.protocol.data import resolve_task_list
+        from vqt.data.tasks import resolve_task_list
 
         names = [(t.name, t.group) for t in resolve_task_list(config.get("tasks", ""), config.get("data_root"))]
     except (VQTError, OSError):  # the data root may be elsewhere now; fall back on what the folder holds
@@ -191,7 +191,7 @@ def _task_names(config: dict[str, Any], summary: dict[str, Any] | None, root: Pa
     if tasks_dir.is_dir():
         for directory in sorted(p for p in tasks_dir.iterdir() if p.is_dir()):
             if directory.name not in known:
-                from vqt.protocol.data import OTHER_GROUP
+                from vqt.data.tasks import OTHER_GROUP
 
                 names.append((directory.name, OTHER_GROUP))
                 known.add(directory.name)
@@ -200,7 +200,7 @@ def _task_names(config: dict[str, Any], summary: dict[str, Any] | None, root: Pa
 
 def load_run(path: str | Path) -> RunReport:
     """Everything the report shows; a `VQTError` for a folder that is no sweep run or holds no finished unit."""
-    from vqt.protocol.sweep import unit_name
+    from vqt.rundir import unit_name
     from vqt.training import grid_configs
 
     root = Path(path)

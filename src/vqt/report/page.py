@@ -1,6 +1,6 @@
 """The report page: one HTML file with inline CSS, showing PNGs from a folder beside it.
 
-The results tables are `vqt.protocol.tables.markdown` (the run's results.md) turned into HTML, so the page and
+The results tables are `vqt.report.tables.markdown` (the run's results.md) turned into HTML, so the page and
 results.md always agree. An inline script checks on load that every figure loaded: it writes `data-images=
 "loaded/total"` on <body> (what the tests read) and shows a note when the PNG folder did not travel with the page.
 """
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from html import escape
 from urllib.parse import quote
 
-from vqt.protocol import tables
+from vqt.report import tables
 from vqt.report.load import RunReport, TaskReport
 
 STYLE = """

@@ -191,8 +191,8 @@ def render_attention(
 ) -> list[Path]:
     """Write one PNG per image (files, or folders searched recursively) to `out`; returns the files written."""
     from vqt.data.images import open_rgb
+    from vqt.inference.predict import collect_images, inference_transform
     from vqt.io import write_atomic
-    from vqt.protocol.predict import collect_images, inference_transform
 
     if scale not in SCALES:
         raise VQTError(f"unknown colour scale {scale!r}; choose from {', '.join(SCALES)}")

@@ -14,12 +14,12 @@ from typing import Any
 import torch
 
 from vqt.data.images import IMAGE_EXTENSIONS, open_rgb
+from vqt.data.tasks import check_data_root, make_dataset, read_split, resolve_task_list
 from vqt.data.transforms import transform_from_description
 from vqt.errors import DataError, VQTError
 from vqt.hub.fetch import load_trained
 from vqt.precision import autocast, resolve_precision, to_master
-from vqt.protocol.data import check_data_root, make_dataset, read_split, resolve_task_list
-from vqt.protocol.evaluation import evaluate_images
+from vqt.protocol.accuracy import evaluate_images
 
 
 def inference_transform(config: dict[str, Any]):

@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
 from vqt.errors import VQTError, os_error_message
 from vqt.io import write_atomic
-from vqt.protocol.config import to_yaml
 
 log = logging.getLogger("vqt.protocol")
 
@@ -191,3 +192,12 @@ def user_errors(function: F) -> F:
             raise VQTError(os_error_message(error)) from error
 
     return wrapper  # type: ignore[return-value]
+
+
+def to_yaml(config: Mapping[str, Any]) -> str:
+    return yaml.safe_dump(dict(config), sort_keys=True, default_flow_style=None)
+
+
+def unit_name(config: Any) -> str:
+    """The folder of one grid configuration (a `GridConfig`: lr, weight_decay) inside a task's `grid/`."""
+    return f"lr{config.lr:g}_wd{config.weight_decay:g}"

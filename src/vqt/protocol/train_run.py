@@ -14,27 +14,21 @@ from typing import Any
 from vqt.backbone.sources import create_backbone, describe
 from vqt.checkpoint.trained import save_trained
 from vqt.data.lists import vtab_task_dir
+from vqt.data.tasks import check_data_root, class_names, make_dataset, read_split, resolve_task_list
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.methods.registry import get_method
 from vqt.precision import resolve_precision
-from vqt.protocol import tensorboard
+from vqt.protocol.accuracy import evaluate_images
 from vqt.protocol.build import make_recipe, method_kwargs
 from vqt.protocol.compression import compress, keep_fraction
-from vqt.protocol.config import validate_config
-from vqt.protocol.data import (
-    check_data_root,
-    class_names,
-    make_dataset,
-    read_split,
-    resolve_task_list,
-    task_store,
-)
-from vqt.protocol.evaluation import evaluate_images
 from vqt.protocol.fitting import train_online_configs, train_store_configs
 from vqt.protocol.method_defaults import method_grid
-from vqt.protocol.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, write_json, write_jsonl
-from vqt.protocol.sweep import SWEEP_DEFAULTS, choose, epoch_records, resolve_device, unit_name
+from vqt.protocol.stores import task_store
+from vqt.protocol.sweep import SWEEP_DEFAULTS, choose, epoch_records, resolve_device
+from vqt.protocol.validation import validate_config
+from vqt.report import tensorboard
+from vqt.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, unit_name, write_json, write_jsonl
 from vqt.training import GridConfig
 from vqt.training.grid import grid_configs
 from vqt.training.recipe import scaled_lr

@@ -87,6 +87,6 @@ def log_committed(root: str | Path | None, name: str | Path, metrics: Path) -> N
     """A unit committed earlier: write its metrics.jsonl as `root/name` unless that run already has events."""
     if not root or any((Path(root) / name).glob("events.out.tfevents.*")) or not Path(metrics).is_file():
         return
-    from vqt.protocol.rundir import read_jsonl
+    from vqt.rundir import read_jsonl
 
     log_unit(root, name, read_jsonl(Path(metrics)))

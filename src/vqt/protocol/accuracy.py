@@ -52,7 +52,8 @@ def evaluate_images(
     process group of several ranks is initialised; the sweep passes False, its ranks evaluate different units):
     each rank evaluates its contiguous shard and the correct counts are all-reduced, so every rank returns the
     accuracies over the whole dataset."""
-    from vqt.distributed.ddp import all_reduce_sum, shard, use_ddp, world
+    from vqt.distributed.context import all_reduce_sum, use_ddp, world
+    from vqt.distributed.shards import shard
     from vqt.training import evaluate_streaming
 
     if use_ddp(distributed):

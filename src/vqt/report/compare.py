@@ -36,8 +36,8 @@ from safetensors import SafetensorError
 
 from vqt.errors import VQTError
 from vqt.hub.card import parameter_counts
-from vqt.protocol import tables
-from vqt.protocol.rundir import CONFIG_FILE, SUMMARY_FILE, read_json, write_json
+from vqt.report import tables
+from vqt.rundir import CONFIG_FILE, SUMMARY_FILE, read_json, write_json
 
 log = logging.getLogger("vqt.protocol")
 
@@ -320,7 +320,7 @@ def task_table(runs: Sequence[Run], tasks: Sequence[str]) -> list[dict[str, Any]
 
 
 def group_means_of(run: Run, tasks: Sequence[str]) -> dict[str, float | None]:
-    """`vqt.protocol.tables.group_means` over the given tasks of one run."""
+    """`vqt.report.tables.group_means` over the given tasks of one run."""
     wanted = set(tasks)
     return tables.group_means([row for row in run.rows if row["task"] in wanted])
 

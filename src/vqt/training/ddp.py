@@ -1,6 +1,6 @@
 """Data-parallel training from images over the ranks of a process group (`DistributedDataParallel`).
 
-What makes N ranks follow the 1-process run (tests/test_distributed_ddp.py):
+What makes N ranks follow the 1-process run (tests/training/test_ddp.py):
 - the global batch is the recipe's batch and the global order of images is the single-process order
   (`epoch_batches` from the recipe's data seed, drawn identically on every rank); each rank takes its contiguous
   slice of every global batch (per-rank batch = batch / world size, which must divide);
@@ -16,70 +16,21 @@ the 1-process one but not equal to it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
-from vqt.errors import VQTError
+from vqt.distributed.context import all_reduce_sum, world
+from vqt.distributed.shards import per_rank_batch, rank_slice
 from vqt.methods.vqt import VQT
 from vqt.precision import autocast, to_master
-from vqt.training import History, Recipe
-from vqt.training.cached import fit_epochs, image_batches
-from vqt.training.recipe import make_optimizer
-
-
-def world() -> tuple[int, int]:
-    """(rank, world size) of the initialised default process group; (0, 1) without one."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def use_ddp(requested: bool | None) -> bool:
-    """None: DDP when a process group with more than one rank is initialised; False: never (e.g. the sweep, whose
-    ranks train different units); True: required."""
-    if requested is False:
-        return False
-    active = world()[1] > 1
-    if requested and not active:
-        raise VQTError("distributed training asked for, but no process group of more than one rank is initialised "
-                       "(launch with torchrun --nproc_per_node N)")
-    return active
-
-
-def per_rank_batch(batch_size: int, world_size: int) -> int:
-    """The batch each rank runs; refuses (one line) a global batch the world size does not divide."""
-    if batch_size % world_size:
-        raise VQTError(f"--batch-size {batch_size} does not divide over {world_size} ranks: the global batch is the "
-                       f"recipe's, each rank runs batch / world size; use a multiple of {world_size}")
-    return batch_size // world_size
-
-
-def rank_slice(batch: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """This rank's contiguous part of a global index batch (equal parts; the last batch's may differ by one)."""
-    return np.array_split(batch, world_size)[rank]
-
-
-def shard(num_items: int, rank: int, world_size: int) -> range:
-    """This rank's contiguous share of `num_items` items (evaluation)."""
-    bounds = np.linspace(0, num_items, world_size + 1).round().astype(int)
-    return range(int(bounds[rank]), int(bounds[rank + 1]))
-
-
-def all_reduce_sum(values: Sequence[float], device: torch.device | None = None) -> list[float]:
-    """Element-wise sum over the ranks (float64; on the process group's device for NCCL)."""
-    if world()[1] == 1:
-        return [float(v) for v in values]
-    on = device if device is not None and dist.get_backend() != "gloo" else torch.device("cpu")
-    tensor = torch.tensor(list(values), dtype=torch.float64, device=on)
-    dist.all_reduce(tensor)
-    return tensor.cpu().tolist()
+from vqt.training.cached import History, fit_epochs, image_batches
+from vqt.training.recipe import Recipe, make_optimizer
 
 
 class Logits(nn.Module):

@@ -26,9 +26,9 @@ from vqt.bench.methods import measure_all, scatter_plot
 from vqt.data.synth import generate_task
 from vqt.data.transforms import build_transform
 from vqt.precision import resolve_precision
-from vqt.protocol.data import task_store
-from vqt.protocol.rundir import SUMMARY_FILE, RunDir, read_json, write_json, write_text
+from vqt.protocol.stores import task_store
 from vqt.protocol.sweep import SWEEP_DEFAULTS, run_sweep
+from vqt.rundir import SUMMARY_FILE, RunDir, read_json, write_json, write_text
 
 log = logging.getLogger("vqt.demo")
 
@@ -130,7 +130,7 @@ def run_demo(out: str | Path = "vqt-demo", *, full: bool = False, backbone: str 
 
     `precision` (auto, fp32, bf16) is resolved once for the device and used for extraction, training and the
     memory measurement; `store_device` (auto, cpu, cuda) is where the sweeps hold their training stores."""
-    from vqt.protocol.config import validate_config
+    from vqt.protocol.validation import validate_config
 
     budget = FULL if full else REDUCED
     out = Path(out)
