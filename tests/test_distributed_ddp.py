@@ -19,8 +19,8 @@ from torch.utils.data import TensorDataset
 from tests.tiny_models import tiny_vit
 from vqt.distributed.shards import per_rank_batch, rank_slice, shard
 from vqt.errors import VQTError
-from vqt.protocol.build import build_model, make_recipe, method_kwargs
-from vqt.protocol.fitting import fit_online
+from vqt.methods.registry import get_method
+from vqt.protocol.fitting import build_model, fit_online, make_recipe
 
 METHODS = ("finetune", "lora", "vqt")
 LOSS_TOLERANCE = 1e-5
@@ -43,7 +43,7 @@ class Recorded(TensorDataset):
 
 def train(method: str, distributed: bool | None, batch_size: int = 8) -> dict:
     backbone = tiny_vit()
-    kwargs = method_kwargs(method, queries=2, query_dropout=0.0)
+    kwargs = get_method(method).kwargs(queries=2, query_dropout=0.0)
     model = build_model(method, backbone, 4, kwargs, seed=3)
     recipe = make_recipe(lr=0.05, weight_decay=1e-3, batch_size=batch_size, epochs=3, warmup_epochs=1, eval_every=1,
                          data_seed=5, seed=3)

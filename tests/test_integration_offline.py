@@ -37,8 +37,7 @@ def linear_probe_accuracies(data: Path, stores: Path) -> list[float]:
     from vqt.data.transforms import build_transform
     from vqt.features import open_store
     from vqt.protocol.accuracy import evaluate_images
-    from vqt.protocol.build import make_recipe
-    from vqt.protocol.fitting import train_store_configs
+    from vqt.protocol.fitting import make_recipe, train_store_configs
     from vqt.training import GridConfig
 
     backbone = create_backbone("offline:dinov2_s14", img_size=SIZE)

@@ -11,7 +11,8 @@ import torch
 
 from vqt.cli.options import Option, add_options, compress_spec, queries_spec, resolve
 from vqt.errors import VQTError
-from vqt.protocol.sweep import choose, chunks
+from vqt.protocol.setup import choose
+from vqt.protocol.sweep import chunks
 from vqt.report import tables
 from vqt.rundir import RunDir, write_json
 

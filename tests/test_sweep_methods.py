@@ -96,8 +96,7 @@ def test_configurations_do_not_leak_into_each_other(data_root: Path, method: str
     from vqt.backbone.sources import create_backbone
     from vqt.data.tasks import make_dataset, read_split
     from vqt.data.transforms import build_transform
-    from vqt.protocol.build import make_recipe
-    from vqt.protocol.fitting import train_online_configs
+    from vqt.protocol.fitting import make_recipe, train_online_configs
     from vqt.training import GridConfig
 
     backbone = create_backbone("vit_tiny_patch16_224@random", img_size=32)
@@ -120,7 +119,7 @@ def test_configurations_do_not_leak_into_each_other(data_root: Path, method: str
 def test_method_default_grids_when_no_lrs(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
     from vqt.cli.options import add_options, resolve
     from vqt.cli.sweep import OPTIONS
-    from vqt.protocol.method_defaults import METHOD_GRIDS, method_grid
+    from vqt.methods.registry import METHODS, method_grid
     from vqt.protocol.sweep import Sweep
     from vqt.training import LR_GRID, WD_GRID
 
@@ -130,7 +129,7 @@ def test_method_default_grids_when_no_lrs(data_root: Path, tmp_path: Path) -> No
                                         "dsprites_ori", "--out", str(tmp_path / "run")]), OPTIONS)
     assert config["lrs"] is None and config["wds"] is None  # unset on the command line: the method decides
     sweep = Sweep(config)
-    assert sweep.config["lrs"] == [0.005, 0.001, 5e-4, 1e-4] == list(METHOD_GRIDS["finetune"].lrs)
+    assert sweep.config["lrs"] == [0.005, 0.001, 5e-4, 1e-4] == list(METHODS["finetune"].grid.lrs)
     assert sweep.config["wds"] == [0.01, 1e-3, 1e-4, 0.0]
     base = {"data_root": str(data_root), "tasks": "dsprites_ori", "out": str(tmp_path / "run")}
     assert Sweep({**base, "method": "vqt"}).config["lrs"] == list(LR_GRID)  # VQT's own grid, as before

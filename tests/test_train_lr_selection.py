@@ -6,14 +6,15 @@ Tiny setting of tests/test_cli_protocol.py (random ViT at 32 px, 2 epochs)."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from tests.test_cli_protocol import BACKBONE, TINY, synth
 from vqt.cli.main import main
-from vqt.protocol import method_defaults
-from vqt.protocol.method_defaults import MethodGrid
+from vqt.methods import registry
+from vqt.methods.spec import MethodGrid
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +36,7 @@ def train(data_root: Path, out: Path, *extra: str) -> list[str]:
 @pytest.mark.parametrize("method", ["vqt", "linear"])
 def test_unset_lr_is_the_best_val200_configuration_of_the_grid(data_root: Path, tmp_path: Path, monkeypatch,
                                                                method: str) -> None:
-    monkeypatch.setitem(method_defaults.METHOD_GRIDS, method, SMALL_GRID)
+    monkeypatch.setitem(registry.METHODS, method, replace(registry.METHODS[method], grid=SMALL_GRID))
     assert main(train(data_root, tmp_path / "auto", "--method", method, "--queries", "1")) == 0
     summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
     selection = summary["lr_selection"]
@@ -65,7 +66,7 @@ def test_unset_lr_is_the_best_val200_configuration_of_the_grid(data_root: Path, 
 
 
 def test_unset_lr_with_a_given_wd_searches_the_lrs_only(data_root: Path, tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setitem(method_defaults.METHOD_GRIDS, "linear", SMALL_GRID)
+    monkeypatch.setitem(registry.METHODS, "linear", replace(registry.METHODS["linear"], grid=SMALL_GRID))
     assert main(train(data_root, tmp_path / "run", "--method", "linear", "--wd", "0.05")) == 0
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert {r["weight_decay"] for r in summary["lr_selection"]["grid"]} == {0.05}

@@ -29,8 +29,7 @@ from torch.utils.data import TensorDataset
 from tests.tiny_models import masked_block, tiny_vit
 from vqt.features import extract_features
 from vqt.methods.vqt import VQT
-from vqt.protocol.build import build_model
-from vqt.protocol.fitting import fit_head, train_store_configs
+from vqt.protocol.fitting import build_model, fit_head, train_store_configs
 from vqt.training import GridConfig, Recipe, seed_init, train_cached, train_grid
 
 pytestmark = pytest.mark.usefixtures("one_thread")

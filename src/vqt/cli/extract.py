@@ -54,8 +54,8 @@ def _run(c: dict) -> int:
     from vqt.data.transforms import build_transform
     from vqt.errors import VQTError
     from vqt.precision import resolve_precision
+    from vqt.protocol.setup import resolve_device
     from vqt.protocol.stores import task_store
-    from vqt.protocol.sweep import resolve_device
 
     if not c["task"]:
         raise VQTError("no task given (--task)")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from vqt.methods.base import AdaptedBackbone
+from vqt.methods.spec import FULL_WD, MethodGrid, MethodSpec
 
 
 class Bottleneck(nn.Module):
@@ -69,3 +70,11 @@ class AdaptFormer(AdaptedBackbone):
             adapter = Bottleneck(dim, bottleneck, scale, dropout).to(reference.device, reference.dtype)
             block.mlp = AdaptMLP(block.mlp, adapter)
             self._adapter_modules.append(adapter)
+
+
+SPEC = MethodSpec(
+    "adaptformer", AdaptFormer, "online", True, "parallel bottleneck branch on every MLP",
+    grid=MethodGrid((0.02, 0.01, 0.002, 0.001), FULL_WD,
+                    "NOAH official VTAB scripts for the adapter baseline (configs/Adapter/VTAB: AdamW, lr 0.005, wd "
+                    "1e-4, batch 64), as for LoRA; AdaptFormer's own VTAB-1k settings not checked", sure=False),
+)

@@ -14,17 +14,7 @@ import torch
 from torch import nn
 
 from vqt.backbone.tap import check_supported
-from vqt.methods.vqt import HEAD_BIAS_INIT
-
-
-def reference_head(in_features: int, num_classes: int) -> nn.Linear:
-    """The head every method of the harness uses: kaiming-normal (fan_out) weight, bias -log(0.99/0.01)."""
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-    head = nn.Linear(in_features, num_classes)
-    nn.init.kaiming_normal_(head.weight, mode="fan_out")
-    nn.init.constant_(head.bias, HEAD_BIAS_INIT)
-    return head
+from vqt.methods.heads import reference_head
 
 
 def count_trainable(module: nn.Module) -> int:

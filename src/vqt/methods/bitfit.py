@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import nn
 
 from vqt.methods.base import AdaptedBackbone
+from vqt.methods.spec import FULL_WD, MethodGrid, MethodSpec
 
 
 class BitFit(AdaptedBackbone):
@@ -25,3 +26,11 @@ class BitFit(AdaptedBackbone):
             bias.requires_grad_(True)
         if not self.adapter_parameters():
             raise ValueError("BitFit: this backbone has no bias parameters to tune")
+
+
+SPEC = MethodSpec(
+    "bitfit", BitFit, "online", True, "bias-only tuning",
+    grid=MethodGrid((0.01, 0.005, 0.001, 5e-4), FULL_WD,
+                    "no official VTAB-1k grid found; the range of NOAH's AdamW scripts for parameter-efficient modules "
+                    "(1e-3 ... 5e-3 at batch 64) widened to a grid", sure=False),
+)

@@ -18,6 +18,7 @@ from torch import nn
 
 from vqt.backbone.query_path import Form
 from vqt.backbone.tap import TapOutput, block_inputs
+from vqt.methods.spec import MethodGrid, MethodSpec, QueryConfig
 from vqt.methods.vqt import VQT, Variant
 
 
@@ -91,3 +92,19 @@ def combo_factory(make_adapter: Callable[..., nn.Module], **adapter_kwargs: Any)
         return make_adapter(backbone, num_classes, **adapter_kwargs)
 
     return build
+
+
+VQT_KWARGS = ("num_queries", "variant", "query_dropout", "form")
+
+
+def combo_spec(adapter: MethodSpec) -> MethodSpec:
+    """`vqt+X`: VQT's queries read the tokens adapter X changes; X's grid (the adapter is the lr-sensitive part)."""
+
+    def build(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
+        vqt_kwargs = {k: kwargs.pop(k) for k in VQT_KWARGS if k in kwargs}
+        return QueryCombo(backbone, num_classes, combo_factory(adapter.build, **kwargs), **vqt_kwargs)
+
+    grid = MethodGrid(adapter.grid.lrs, adapter.grid.wds, f"the grid of {adapter.name} (no official grid for the "
+                      "combination; queries and adapter share one lr)", sure=False)
+    return MethodSpec(f"vqt+{adapter.name}", build, "online", True,
+                      f"VQT queries on the adapted tokens ({adapter.description})", grid=grid, config=QueryConfig)

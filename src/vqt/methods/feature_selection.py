@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqt.methods.vqt import HEAD_BIAS_INIT
+from vqt.methods.heads import init_head
 
 
 def group_lasso_penalty(weight: torch.Tensor) -> torch.Tensor:
@@ -43,8 +43,7 @@ class SelectedHead(nn.Module):
         self.register_buffer("indices", indices.clone().long())
         self.linear = nn.Linear(int(indices.numel()), num_classes)
         if reference_init:
-            nn.init.kaiming_normal_(self.linear.weight, mode="fan_out")
-            nn.init.constant_(self.linear.bias, HEAD_BIAS_INIT)
+            init_head(self.linear)
 
     @property
     def weight(self) -> torch.Tensor:

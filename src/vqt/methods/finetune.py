@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from vqt.methods.base import AdaptedBackbone
+from vqt.methods.spec import FULL_WD, MethodGrid, MethodSpec
 
 NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "gamma")
 
@@ -60,3 +61,11 @@ class FineTune(AdaptedBackbone):
 
     def optimizer(self, lr: float = 1e-4, weight_decay: float = 0.05, layer_decay: float = 1.0) -> torch.optim.AdamW:
         return torch.optim.AdamW(self.param_groups(lr, weight_decay, layer_decay), lr=lr)
+
+
+SPEC = MethodSpec(
+    "finetune", FineTune, "online", True, "full fine-tuning of every backbone weight",
+    grid=MethodGrid((0.005, 0.001, 5e-4, 1e-4), FULL_WD,
+                    "VPT official code (KMnP/vpt tune_vtab.py, train_type 'finetune'; configs/base-finetune.yaml: AdamW, "
+                    "5 warm-up epochs), lr x batch/256 as there; we keep Adam with coupled decay and --warmup-epochs"),
+)

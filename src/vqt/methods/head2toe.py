@@ -47,6 +47,7 @@ from torch import nn
 
 from vqt.backbone.tap import BackboneTap, TapOutput
 from vqt.methods.feature_selection import SelectedHead, select_and_refit, select_features
+from vqt.methods.spec import LR_GRID, WD_GRID, MethodGrid, MethodSpec
 from vqt.precision import to_master
 
 SOURCES: tuple[str, ...] = ("norm1", "attn", "norm2", "mlp_hidden", "mlp", "block")
@@ -250,3 +251,10 @@ class Head2Toe(nn.Module):
             features, labels, self.num_classes, keep_fraction=self.keep_fraction, group_lasso=self.group_lasso, **kwargs
         )
         return self
+
+
+SPEC = MethodSpec(
+    "head2toe", Head2Toe, "store-head", False, "pooled multi-block features, group-lasso selection",
+    grid=MethodGrid(LR_GRID, WD_GRID, "the VQT grid (VQT's compression head uses it); Head2Toe's own (JAX) search "
+                    "is not reproduced", sure=False),
+)

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from vqt.backbone.tap import BackboneTap, TapOutput
-from vqt.methods.base import reference_head
+from vqt.methods.heads import reference_head
+from vqt.methods.spec import LR_GRID, WD_GRID, MethodGrid, MethodSpec
 
 
 class LinearProbe(nn.Module):
@@ -43,3 +44,10 @@ class LinearProbe(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+
+SPEC = MethodSpec(
+    "linear", LinearProbe, "store-head", False, "Linear head on the pre-logits feature",
+    grid=MethodGrid(LR_GRID, WD_GRID, "the VQT grid (the repository's linear-probing baseline shares the VQT recipe; "
+                    "VPT's SGD grid for linear probing, {50 ... 0.05}, does not transfer to Adam)", sure=False),
+)

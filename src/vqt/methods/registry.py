@@ -1,4 +1,5 @@
-"""Every method of the harness by name: how to build it, whether it trains from a feature store, its size.
+"""Every method of the harness by name: each module's `SPEC` (how to build it, how it trains, its grid), one line
+each.
 
 `--method NAME` in the CLI resolves here. Store-trainable methods (linear, head2toe, vqt) only read what the
 feature store keeps (X_l per block, pre-logits), so their epochs never run the backbone; the feature-adapting ones
@@ -9,78 +10,23 @@ adapting method X.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from vqt.errors import VQTError
-from vqt.methods.adaptformer import AdaptFormer
+from vqt.methods import adaptformer, bitfit, finetune, head2toe, linear, lora, vpt, vqt, vqt_concat
 from vqt.methods.base import count_trainable
-from vqt.methods.bitfit import BitFit
-from vqt.methods.combos import QueryCombo, combo_factory
-from vqt.methods.finetune import FineTune
-from vqt.methods.head2toe import Head2Toe
-from vqt.methods.linear import LinearProbe
-from vqt.methods.lora import LoRA
-from vqt.methods.vpt import VPT
-from vqt.methods.vqt import VQT
-from vqt.methods.vqt_concat import ConcatVQT
+from vqt.methods.combos import combo_spec
+from vqt.methods.spec import MethodGrid, MethodSpec
 
-Builder = Callable[..., nn.Module]
-VQT_KWARGS = ("num_queries", "variant", "query_dropout", "form")
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """A method: its builder `(backbone, num_classes, **kwargs) -> nn.Module` and what kind of training it needs."""
-
-    name: str
-    build: Builder
-    store_trainable: bool
-    adapts_features: bool
-    description: str
-
-
-def _vpt(mode: str) -> Builder:
-    def build(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-        return VPT(backbone, num_classes, mode=mode, **kwargs)
-
-    return build
-
-
-ADAPTERS: dict[str, tuple[Builder, str]] = {
-    "finetune": (FineTune, "full fine-tuning of every backbone weight"),
-    "bitfit": (BitFit, "bias-only tuning"),
-    "vpt-shallow": (_vpt("shallow"), "prompts at the input"),
-    "vpt-deep": (_vpt("deep"), "prompts replaced before every block"),
-    "lora": (LoRA, "peft LoRA on W_q, W_v (split from timm's fused qkv)"),
-    "adaptformer": (AdaptFormer, "parallel bottleneck branch on every MLP"),
-}
-
-
-def _combo(adapter: Builder) -> Builder:
-    def build(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
-        vqt_kwargs = {k: kwargs.pop(k) for k in VQT_KWARGS if k in kwargs}
-        return QueryCombo(backbone, num_classes, combo_factory(adapter, **kwargs), **vqt_kwargs)
-
-    return build
-
+# The methods that adapt the backbone's tokens; `vqt+X` is defined for each.
+ADAPTING: tuple[MethodSpec, ...] = (finetune.SPEC, bitfit.SPEC, vpt.SPEC_SHALLOW, vpt.SPEC_DEEP, lora.SPEC,
+                                    adaptformer.SPEC)
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
-    for spec in (
-        MethodSpec("linear", LinearProbe, True, False, "Linear head on the pre-logits feature"),
-        MethodSpec("head2toe", Head2Toe, True, False, "pooled multi-block features, group-lasso selection"),
-        MethodSpec("vqt", VQT, True, False, "Visual Query Tuning (frozen backbone, query path only)"),
-        MethodSpec("vqt-concat", ConcatVQT, False, False, "VQT computed the official way (full autograd)"),
-        *(MethodSpec(name, build, False, True, text) for name, (build, text) in ADAPTERS.items()),
-        *(
-            MethodSpec(f"vqt+{name}", _combo(build), False, True, f"VQT queries on the adapted tokens ({text})")
-            for name, (build, text) in ADAPTERS.items()
-        ),
-    )
+    for spec in (linear.SPEC, head2toe.SPEC, vqt.SPEC, vqt_concat.SPEC, *ADAPTING, *map(combo_spec, ADAPTING))
 }
 
 
@@ -111,3 +57,8 @@ def trainable_parameter_count(model: nn.Module) -> int:
 
 def is_store_trainable(name: str) -> bool:
     return get_method(name).store_trainable
+
+
+def method_grid(name: str) -> MethodGrid:
+    """The default lr x weight-decay grid of `name` for `vqt sweep` (used when no `--lrs` / `--wds` is given)."""
+    return get_method(name).grid

@@ -7,13 +7,15 @@ change and backward must run through the whole (frozen) backbone.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from vqt.backbone.tap import check_supported
-from vqt.methods.vqt import HEAD_BIAS_INIT, query_init_bound
+from vqt.methods.heads import init_head
+from vqt.methods.spec import LR_GRID, WD_GRID, Builder, MethodGrid, MethodSpec
+from vqt.methods.vqt import query_init_bound
 
 
 class VPT(nn.Module):
@@ -39,8 +41,7 @@ class VPT(nn.Module):
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         bound = query_init_bound(int(backbone.patch_embed.patch_size[0]), backbone.embed_dim)
         nn.init.uniform_(self.prompts, -bound, bound)
-        nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
-        nn.init.constant_(self.head.bias, HEAD_BIAS_INIT)
+        init_head(self.head)
 
     def train(self, mode: bool = True) -> VPT:
         super().train(mode)
@@ -62,3 +63,22 @@ class VPT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+
+def vpt_builder(mode: str) -> Builder:
+    """VPT with its prompt placement fixed (`vpt-shallow`, `vpt-deep`)."""
+
+    def build(backbone: nn.Module, num_classes: int, **kwargs: Any) -> nn.Module:
+        return VPT(backbone, num_classes, mode=mode, **kwargs)
+
+    return build
+
+
+GRID = MethodGrid(
+    LR_GRID, WD_GRID,
+    "VPT's own grid {50, 25, 10, 5, 2.5, 1, 0.5, 0.25, 0.1, 0.05} x wd {0.01, 1e-3, 1e-4, 0} is for SGD (momentum 0.9; "
+    "KMnP/vpt tune_vtab.py 'prompt', configs/base-prompt.yaml); with Adam we use the VQT grid (VQT's code is VPT's "
+    "with Adam and these lrs)", sure=False)
+SPEC_SHALLOW = MethodSpec("vpt-shallow", vpt_builder("shallow"), "online", True, "prompts at the input", grid=GRID)
+SPEC_DEEP = MethodSpec("vpt-deep", vpt_builder("deep"), "online", True, "prompts replaced before every block",
+                       grid=GRID)

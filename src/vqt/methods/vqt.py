@@ -21,11 +21,13 @@ from torch import nn
 
 from vqt.backbone.query_path import Form, query_block_output
 from vqt.backbone.tap import BackboneTap, TapOutput
+from vqt.methods.heads import init_head
+from vqt.methods.spec import VQT_GRID, MethodSpec, QueryConfig
 from vqt.precision import master_dtype
+from vqt.seeding import stream_generator
 
 Variant = Literal["concat", "mean", "weighted"]
 VARIANTS: tuple[str, ...] = ("concat", "mean", "weighted")
-HEAD_BIAS_INIT = -math.log((1 - 0.01) / 0.01)  # reference head bias, -4.595
 EMBED_DROPOUT = 0.1  # the official code's dropout after the position embedding (ViT-B's dropout_rate)
 _EMBED_DROPOUT_STREAM = 0x85EBCA6B  # embedding-dropout masks: independent of the query-dropout and order streams
 
@@ -108,7 +110,7 @@ def seeded_embed_dropout(model: nn.Module, seed: int) -> Iterator[None]:
         yield
         return
     original = tap.generator
-    tap.generator = torch.Generator().manual_seed((seed * 1_000_003 + _EMBED_DROPOUT_STREAM) % (2**63))
+    tap.generator = stream_generator(seed, _EMBED_DROPOUT_STREAM)
     try:
         yield
     finally:
@@ -189,8 +191,7 @@ class VQT(nn.Module):
         if self.layer_weights is not None:
             for weights in self.layer_weights:
                 nn.init.ones_(weights)
-        nn.init.kaiming_normal_(self.head.weight, mode="fan_out")
-        nn.init.constant_(self.head.bias, HEAD_BIAS_INIT)
+        init_head(self.head)
 
     def train(self, mode: bool = True) -> VQT:
         """Train the queries and head; the backbone stays in eval mode (frozen statistics, no dropout inside it).
@@ -310,3 +311,7 @@ def streamed_query_outputs(models: Sequence[VQT], images: torch.Tensor) -> tuple
     if any(len(outputs) != len(backbone.blocks) for outputs in per_model):
         raise RuntimeError("the forward skipped a block's norm1; cannot run its queries")
     return pre_logits, per_model
+
+
+SPEC = MethodSpec("vqt", VQT, "store-grid", False, "Visual Query Tuning (frozen backbone, query path only)",
+                  grid=VQT_GRID, config=QueryConfig)

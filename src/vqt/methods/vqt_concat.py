@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from vqt.methods.spec import VQT_GRID, MethodSpec, QueryConfig
 from vqt.methods.vqt import VQT, combine_features
 
 
@@ -30,3 +31,7 @@ class ConcatVQT(VQT):
             outputs.append(out)
         pre_logits = model.forward_head(model.norm(x), pre_logits=True)
         return combine_features(pre_logits, outputs, self.variant, self.layer_weights)
+
+
+SPEC = MethodSpec("vqt-concat", ConcatVQT, "online", False, "VQT computed the official way (full autograd)",
+                  grid=VQT_GRID, config=QueryConfig)

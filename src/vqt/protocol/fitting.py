@@ -14,9 +14,11 @@ on fixed fp32 features. `store_device` ('auto', 'cpu', 'cuda') says where a VQT 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,16 +30,35 @@ from tqdm.auto import tqdm
 from vqt.distributed.context import use_ddp, world
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
+from vqt.methods.registry import create_method, get_method
 from vqt.methods.vqt import VQT, seeded_embed_dropout
 from vqt.precision import autocast, to_master
 from vqt.protocol.accuracy import evaluate_images, store_features
-from vqt.protocol.build import HEAD_METHODS, build_model
-from vqt.training import GridConfig, History, Recipe, train_grid, train_online
+from vqt.training import GridConfig, History, Recipe, seed_init, train_grid, train_online
 from vqt.training.cached import fit_epochs, image_batches
 from vqt.training.ddp import fit_ddp
 from vqt.training.feeding import resolve_store_device, store_nbytes
 from vqt.training.recipe import make_optimizer, seeded_query_dropout
 
+
+def build_model(method: str, backbone: nn.Module, num_classes: int, kwargs: dict, seed: int) -> nn.Module:
+    """A fresh model of `method` initialised from `seed` (VQT: exactly as `train_grid` initialises it)."""
+    if get_method(method).adapts_features or not get_method(method).store_trainable:
+        backbone = copy.deepcopy(backbone)  # adapting methods change the backbone in place
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_method(method, backbone, num_classes, **kwargs)
+    if isinstance(model, VQT):
+        seed_init(model, seed)
+    return model
+
+
+def make_recipe(**fields: Any) -> Recipe:
+    """A `Recipe`, with inconsistent settings (e.g. more warm-up than epochs) reported as user errors."""
+    try:
+        return Recipe(**fields)
+    except ValueError as error:
+        raise VQTError(f"invalid training settings: {error}") from error
 
 def _store_device(choice: str, stores: Sequence[FeatureStore | None], device: torch.device) -> str:
     """'cpu' or 'cuda' for the stores a VQT training reads ('auto': decided from their size and free memory)."""
@@ -105,7 +126,8 @@ def train_store_configs(
 ) -> list[Trained]:
     """Train every configuration from the store. VQT: one `train_grid` pass; head methods: fixed features."""
     device = next(backbone.parameters()).device
-    if method == "vqt":
+    training = get_method(method).training
+    if training == "store-grid":
         template = build_model(method, backbone, num_classes, kwargs, 0).to(device)
         placement = _store_device(store_device, [train_store, val_store], device)
         result = train_grid(template, train_store, configs, recipe, val_store=val_store, progress=progress,
@@ -117,7 +139,7 @@ def train_store_configs(
             else:
                 trained.append(Trained(config, history, result.model(index)))
         return trained
-    if method not in HEAD_METHODS:
+    if training != "store-head":
         raise VQTError(f"method {method!r} does not train from a feature store; use --online")
     cache = feature_cache if feature_cache is not None else {}
     probe = build_model(method, backbone, num_classes, kwargs, 0).to(device)

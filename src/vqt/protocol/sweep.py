@@ -24,7 +24,7 @@ Methods that change the backbone's features (`store_trainable` False in the regi
 LoRA, AdaptFormer, vqt-concat and the vqt+X combinations) train online from images, one configuration per chunk
 (`train_online_configs`, each from the pristine backbone); no feature store is extracted for them and test images
 stream through each trained model. Without `--lrs`/`--wds` each method uses its own default grid
-(`vqt.protocol.method_defaults`).
+(each method's `SPEC.grid`, `vqt.methods`).
 
 Several workers may share one run folder — the ranks of a `torchrun`, independent jobs (a SLURM array) or both —
 with no coordinator: each unit (a grid chunk, a seed chunk with its test evaluation) and each feature store is
@@ -43,23 +43,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from vqt.backbone.sources import create_backbone, describe
 from vqt.checkpoint.trained import save_trained
 from vqt.data.tasks import TaskSpec, check_data_root, class_names, make_dataset, read_split, resolve_task_list
-from vqt.data.transforms import build_transform
 from vqt.distributed.claims import ClaimLost, Claims, check_exclusive_create, poll_interval
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
-from vqt.methods.registry import get_method
-from vqt.precision import resolve_precision
+from vqt.methods.registry import get_method, method_grid
 from vqt.protocol.accuracy import evaluate_images, evaluate_store_models
-from vqt.protocol.build import make_recipe, method_kwargs
 from vqt.protocol.compression import compress, keep_fraction
-from vqt.protocol.fitting import Trained, train_online_configs, train_store_configs
-from vqt.protocol.method_defaults import method_grid
+from vqt.protocol.fitting import Trained, make_recipe, train_online_configs, train_store_configs
+from vqt.protocol.setup import choose, epoch_records, load_backbone, resolve_compute, task_queries
 from vqt.protocol.stores import task_store
 from vqt.protocol.validation import validate_config
 from vqt.report import tables, tensorboard
@@ -95,7 +90,7 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "query_dropout": 0.1,
     "transform": "backbone",
     "img_size": None,
-    "lrs": None,  # None: the method's own grid (vqt.protocol.method_defaults)
+    "lrs": None,  # None: the method's own grid (its `SPEC.grid`)
     "wds": None,
     "seeds": 5,
     "grid_seed": 0,
@@ -124,31 +119,10 @@ SWEEP_DEFAULTS: dict[str, Any] = {
 }
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """What --device means for this process (under torchrun: this rank's GPU, `vqt.distributed.context`)."""
-    from vqt.distributed.context import rank_device
-
-    return rank_device(name)
-
-
 def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
     """A fixed partition (size 0: one chunk), so what trains together never depends on what is done."""
     size = size if size and size > 0 else max(1, len(items))
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
-
-
-def choose(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Best last-epoch val200 accuracy; ties -> the smaller lr, then the smaller weight decay."""
-    return max(results, key=lambda r: (r["val_accuracy"], -r["lr"], -r["weight_decay"]))
-
-
-def epoch_records(trained: Trained, base: dict[str, Any]) -> list[dict[str, Any]]:
-    h = trained.history
-    return [
-        {**base, "epoch": epoch + 1, "lr_value": h.lr[epoch], "train_loss": h.train_loss[epoch],
-         "val_accuracy": h.val_accuracy[epoch] if epoch < len(h.val_accuracy) else None}
-        for epoch in range(len(h.train_loss))
-    ]
 
 
 class Sweep:
@@ -197,10 +171,7 @@ class Sweep:
                       eval_every=int(c["eval_every"]), data_seed=int(c["data_seed"]))
 
     def queries_for(self, task: TaskSpec) -> int:
-        q = self.config["queries"]
-        if isinstance(q, dict):
-            return int(q.get(task.name, task.default_queries))
-        return int(q) if q is not None else task.default_queries
+        return task_queries(self.config["queries"], task)
 
     def keep_for(self, task: TaskSpec) -> float | None:
         return keep_fraction(self.config["compress"], task)
@@ -261,13 +232,11 @@ class Sweep:
 
     def run(self) -> dict[str, Any]:
         c = self.config
-        self.device = resolve_device(c["device"])
-        c["precision"] = resolve_precision(c["precision"], self.device)  # once per run; recorded in config.yaml
+        self.device = resolve_compute(c)
         self.prepare_run_dir()
         started = time.time()
-        self.backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(self.device)
-        self.transform, self.transform_description = build_transform(
-            c["transform"], self.backbone, img_size=describe(self.backbone)["img_size"])
+        loaded = load_backbone(c, self.device)
+        self.backbone, self.transform, self.transform_description = loaded.backbone, loaded.transform, loaded.description
         check_exclusive_create(self.run_dir.path / CLAIMS_DIR)  # claims must be atomic, or refuse in one line
         with Claims() as self.claims:
             summaries = self.work()
@@ -356,7 +325,8 @@ class Sweep:
         c = self.config
         tdir = self.run_dir.path / "tasks" / task.name
         queries = self.queries_for(task)
-        kwargs = method_kwargs(self.method, queries=queries, variant=c["variant"], query_dropout=c["query_dropout"])
+        kwargs = get_method(self.method).kwargs(queries=queries, variant=c["variant"],
+                                               query_dropout=c["query_dropout"])
         trainval_images = read_split(c["data_root"], task.name, "train800val200")
         num_classes, names = trainval_images.num_classes, class_names(trainval_images)
         recipe = self.recipe()

@@ -11,21 +11,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vqt.backbone.sources import create_backbone, describe
 from vqt.checkpoint.trained import save_trained
 from vqt.data.lists import vtab_task_dir
 from vqt.data.tasks import check_data_root, class_names, make_dataset, read_split, resolve_task_list
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
-from vqt.methods.registry import get_method
-from vqt.precision import resolve_precision
+from vqt.methods.registry import get_method, method_grid
 from vqt.protocol.accuracy import evaluate_images
-from vqt.protocol.build import make_recipe, method_kwargs
 from vqt.protocol.compression import compress, keep_fraction
-from vqt.protocol.fitting import train_online_configs, train_store_configs
-from vqt.protocol.method_defaults import method_grid
+from vqt.protocol.fitting import make_recipe, train_online_configs, train_store_configs
+from vqt.protocol.setup import choose, epoch_records, load_backbone, resolve_compute, task_queries
 from vqt.protocol.stores import task_store
-from vqt.protocol.sweep import SWEEP_DEFAULTS, choose, epoch_records, resolve_device
+from vqt.protocol.sweep import SWEEP_DEFAULTS
 from vqt.protocol.validation import validate_config
 from vqt.report import tensorboard
 from vqt.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, unit_name, write_json, write_jsonl
@@ -90,16 +87,13 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     run = RunDir(c["out"])
     if c["tensorboard"]:
         tensorboard.require()
-    device = resolve_device(c["device"])
-    c["precision"] = resolve_precision(c["precision"], device)  # once per run; recorded in config.yaml
+    device = resolve_compute(c)
     run.prepare(c, overwrite=bool(c["overwrite"]), kind="train")
     started = time.time()
-    backbone = create_backbone(c["backbone"], img_size=c["img_size"]).to(device)
-    size = describe(backbone)["img_size"]
-    transform, description = build_transform(c["transform"], backbone, img_size=size)
-    queries = int(c["queries"]) if isinstance(c["queries"], int) else (
-        c["queries"] or {}).get(task.name, task.default_queries)
-    kwargs = method_kwargs(method, queries=queries, variant=c["variant"], query_dropout=c["query_dropout"])
+    loaded = load_backbone(c, device)
+    backbone, size, transform, description = loaded.backbone, loaded.img_size, loaded.transform, loaded.description
+    queries = task_queries(c["queries"], task)
+    kwargs = get_method(method).kwargs(queries=queries, variant=c["variant"], query_dropout=c["query_dropout"])
     train_images = read_split(c["data_root"], task.name, c["train_split"])
     num_classes, names = train_images.num_classes, class_names(train_images)
     store_dir = Path(c["store_dir"]) if c["store_dir"] else run.path / "stores"

@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from torch import nn
 
+from vqt.methods.spec import LR_GRID, WD_GRID  # noqa: F401 (re-exported: vqt.training.LR_GRID)
+from vqt.seeding import stream_generator
+
 REFERENCE_BATCH = 256  # the official lr values are for batch 256 and scaled by batch / 256
-LR_GRID = (1.0, 0.5, 0.25, 0.1, 0.05)  # official search grid, before scaling
-WD_GRID = (0.01, 1e-3, 1e-4, 0.0)
 _DROPOUT_STREAM = 0x9E3779B1  # keeps dropout draws independent of the init and data streams
 
 
@@ -144,7 +145,7 @@ def seed_init(model: nn.Module, seed: int) -> nn.Module:
 
 def dropout_generator(seed: int) -> torch.Generator:
     """The CPU generator a configuration's query-dropout masks come from."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + _DROPOUT_STREAM) % (2**63))
+    return stream_generator(seed, _DROPOUT_STREAM)
 
 
 def order_generator(seed: int) -> torch.Generator:
