@@ -24,8 +24,8 @@ tests chosen for it):
 - The targeted tests first run on the unmutated export: a red baseline would make every mutant look killed, so
   the check stops there.
 - A mutant is *killed* when its tests fail (pytest exit 1, or 2 for a collection error), *survived* when they
-  pass, *timeout* past `--timeout`. A survivor must either be killed by a test (tests/test_mutation_kills.py
-  holds the tests added for this check) or carry an `equivalent=` reason below, which the report prints.
+  pass, *timeout* past `--timeout`. A survivor must either be killed by a test (the tests added for this check live in the files of the
+  code they test and are listed in KILL_TESTS) or carry an `equivalent=` reason below, which the report prints.
 
 Exit status: 0 when every mutant is killed or explained, 1 otherwise, 2 when the check could not run.
 """
@@ -46,23 +46,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-KILL_TESTS = "tests/test_mutation_kills.py"
-KILL_DROPOUT = f"{KILL_TESTS}::test_query_dropout_is_inverted_dropout_with_rate_p"
-KILL_STORE_ROWS = f"{KILL_TESTS}::test_store_batch_returns_the_requested_rows"
-KILL_NESTED_META = f"{KILL_TESTS}::test_store_with_a_nested_field_the_request_lacks_is_refused"
-KILL_FORMAT_VERSION = f"{KILL_TESTS}::test_format_version_is_checked_even_when_not_asked_for"
+# The tests added for this check (each kills a mutant the rest of the suite let through), kept in the files of
+# the code they test.
+KILL_DROPOUT = "tests/training/test_training.py::test_query_dropout_is_inverted_dropout_with_rate_p"
+KILL_STORE_ROWS = "tests/features/test_store.py::test_store_batch_returns_the_requested_rows"
+KILL_NESTED_META = "tests/features/test_store.py::test_store_with_a_nested_field_the_request_lacks_is_refused"
+KILL_FORMAT_VERSION = "tests/features/test_store.py::test_format_version_is_checked_even_when_not_asked_for"
+KILL_TESTS = (KILL_DROPOUT, KILL_STORE_ROWS, KILL_NESTED_META, KILL_FORMAT_VERSION)
 PYTEST_OPTIONS = ("-x", "-q", "-p", "no:cacheprovider")
 
 # Test files (or node ids) grouped by what they exercise; a mutant lists the ones that should catch it, most
 # likely killer first (pytest runs them in that order and stops at the first failure).
-QUERY_PATH = "tests/test_query_path.py"
-TRAINING = "tests/test_training.py"
-TRAINING_REFERENCE = "tests/test_training_reference.py"
-STORE = "tests/test_store.py"
-PROTOCOL_STORES = "tests/test_protocol_stores.py"
-SWEEP_RESUME = "tests/test_sweep_resume.py"
-METHODS = "tests/test_methods.py"
-LOW_PRECISION = "tests/test_low_precision_backbone.py"
+QUERY_PATH = "tests/backbone/test_query_path.py"
+TRAINING = "tests/training/test_training.py"
+TRAINING_REFERENCE = "tests/training/test_reference.py"
+STORE = "tests/features/test_store.py"
+PROTOCOL_STORES = "tests/protocol/test_stores.py"
+SWEEP_RESUME = "tests/protocol/test_sweep_resume.py"
+METHODS = "tests/methods/test_methods.py"
+LOW_PRECISION = "tests/backbone/test_low_precision.py"
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,7 @@ EXTRACT = "src/vqt/features/extract.py"
 VQT_PY = "src/vqt/methods/vqt.py"
 SWEEP = "src/vqt/protocol/sweep.py"
 MODELS = "src/vqt/protocol/fitting.py"
-DATA = "src/vqt/protocol/data.py"
+DATA = "src/vqt/protocol/stores.py"
 
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- the shadowing check
@@ -119,14 +121,14 @@ MUTANTS: tuple[Mutant, ...] = (
         'if self.committed(dirs, tdir):\n                continue\n            claim = self.claims.claim(self.claim_base(task.name, f"grid-',
         'if any(unit_done(d) for d in dirs):\n                continue\n            claim = self.claims.claim(self.claim_base(task.name, f"grid-',
         "grid phase: a chunk is skipped on resume when any (not all) of its units committed",
-        (SWEEP_RESUME, "tests/test_cli_protocol.py::test_killed_sweep_resumes"), origin="review",
+        (SWEEP_RESUME, "tests/protocol/test_end_to_end.py::test_killed_sweep_resumes"), origin="review",
     ),
     Mutant(
         "sweep_seed_chunk_any_done", SWEEP,
         'if self.committed(dirs, tdir):\n                continue\n            claim = self.claims.claim(self.claim_base(task.name, f"seeds-',
         'if any(unit_done(d) for d in dirs):\n                continue\n            claim = self.claims.claim(self.claim_base(task.name, f"seeds-',
         "seed phase: a chunk is skipped on resume when any (not all) of its seeds committed",
-        (SWEEP_RESUME, "tests/test_cli_protocol.py::test_killed_sweep_resumes"), origin="review",
+        (SWEEP_RESUME, "tests/protocol/test_end_to_end.py::test_killed_sweep_resumes"), origin="review",
     ),
     Mutant(
         "fit_head_weight_decay_zero", MODELS,
@@ -209,9 +211,10 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "qp_absorbed_softmax_wrong_axis", QP,
-        "weights = (q_in_token_space @ tokens.transpose(1, 2)).softmax(dim=-1)",
-        "weights = (q_in_token_space @ tokens.transpose(1, 2)).softmax(dim=-2)",
-        "absorbed form: softmax over heads x queries instead of the tokens",
+        "weights = (q @ k.transpose(-2, -1)).softmax(dim=-1)",
+        "weights = (q @ k.transpose(-2, -1)).softmax(dim=-2)",
+        "explicit attention (the absorbed form, and any form asked for its weights): softmax over the queries "
+        "instead of the tokens",
         (QUERY_PATH,),
     ),
     Mutant(
@@ -223,7 +226,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "qp_tokens_not_cast", QP,
-        "queries, tokens = queries.to(dtype), tokens.to(autocast_dtype(tokens.device) or dtype)",
+        "queries, tokens = queries.to(dtype), tokens.to(low or dtype)",
         "queries, tokens = queries.to(dtype), tokens",
         "stored fp16/bf16 tokens are not cast to the block's dtype",
         (TRAINING_REFERENCE, LOW_PRECISION, QUERY_PATH),
@@ -599,7 +602,7 @@ def report(outcomes: list[Outcome], info: dict[str, str]) -> str:
         f"{len(counted)} mutants: {killed} killed, {timeouts} timed out, {len(survived)} survived "
         f"({sum(o.mutant.equivalent is not None for o in survived)} explained as equivalent, "
         f"{sum(o.mutant.equivalent is None for o in survived)} unexplained), {errors} errors. "
-        f"{len(by_added)} of the kills come from tests/test_mutation_kills.py, added for this check.",
+        f"{len(by_added)} of the kills come from tests added for this check (KILL_TESTS in tests/mutation_check.py).",
         "",
         "## Mutants",
         "",
@@ -623,7 +626,7 @@ def report(outcomes: list[Outcome], info: dict[str, str]) -> str:
     if by_added:
         lines += ["", "## Killed only by the tests added for this check", ""]
         lines.append("These mutants survived the project's existing targeted tests; a test in "
-                     "tests/test_mutation_kills.py now kills each:")
+                     "the project now kills each (kept in the file of the code it tests):")
         lines.append("")
         for o in by_added:
             lines.append(f"- `{o.mutant.name}`: {cell(o.first_failure)}")

@@ -15,7 +15,7 @@ import torch
 import yaml
 from torch.utils.data import TensorDataset
 
-from tests.test_user_errors import one_error_line
+from tests.helpers import BACKBONE, one_error_line
 from tests.tiny_models import tiny_vit
 from vqt.cli.main import main
 from vqt.errors import StoreError, VQTError
@@ -26,7 +26,6 @@ from vqt.precision import PRECISIONS, resolve_precision
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-BACKBONE = ["--backbone", "vit_tiny_patch16_224@random", "--img-size", "32"]
 STORE_KW = dict(backbone_spec="tiny", transform={"name": "test"}, dataset_meta={"name": "random"}, batch_size=8,
                 progress=False)
 

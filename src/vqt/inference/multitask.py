@@ -92,7 +92,7 @@ class MultiTaskModel(nn.Module):
 
     `forward(images)` returns one logits tensor per task, in `task_names` order (a tuple: what `torch.onnx`
     and `torch.export` take); `logits(images)` the same as a {task: logits} dict. Each task's logits equal that
-    adapter's own `model(images)` (tests/test_multitask.py).
+    adapter's own `model(images)` (tests/inference/test_multitask.py).
     """
 
     def __init__(self, backbone: nn.Module, tasks: dict[str, nn.Module], configs: dict[str, dict[str, Any]],

@@ -4,7 +4,7 @@ Both trainers run `_fit_vqt` (the shared loop `fit_epochs`), which differs only 
 comes from: the store (`vqt.training.feeding.feed_batches`: resident on the device or streamed from the host)
 or the backbone tap on the images (`model.tap`). The model's own `features_from` computes the query path in both
 cases, so the VQT math stays in one place (`vqt.backbone.query_path`). With the same recipe and seed the two reach
-the same weights up to float rounding (tests/test_training.py, `test_cached_training_equals_online_training`;
+the same weights up to float rounding (tests/training/test_training.py, `test_cached_training_equals_online_training`;
 docs/design.md §1.6). `precision='bf16'` computes the tap and the query path under bf16 autocast and the head,
 loss, parameters and Adam state in fp32 (`vqt_loss`).
 """

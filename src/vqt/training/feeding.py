@@ -11,7 +11,7 @@ Two ways, chosen by `store_device` (`resolve_store_device` picks one for `auto`)
 
 Either way a batch arrives as (TapOutput on the device, labels on the device) with the values `FeatureStore.batch`
 gives (a gather copies values exactly): training is bit-for-bit the same whichever way it was fed
-(tests/test_feeding.py).
+(tests/training/test_feeding.py).
 """
 
 from __future__ import annotations
