@@ -50,7 +50,8 @@ METHODS: list[tuple[str, str, dict]] = [
 BOOTSTRAP = 2000
 
 
-def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0, rounds: int = BOOTSTRAP) -> tuple[float, float, float]:
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0,
+                     rounds: int = BOOTSTRAP) -> tuple[float, float, float]:
     """Mean of a − b (percentage points) and its 95 % percentile interval, resampling the test images (paired)."""
     rng = np.random.default_rng(seed)
     diff = (a - b) * 100

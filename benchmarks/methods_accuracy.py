@@ -171,7 +171,8 @@ def main() -> int:
         "|---|" + "---:|" * len(args.methods),
     ]
     for task in args.tasks:
-        cells = [f"{100 * r['accuracy']:.1f}" for m in args.methods for r in rows if r["task"] == task and r["method"] == m]
+        cells = [f"{100 * r['accuracy']:.1f}" for m in args.methods for r in rows
+                 if r["task"] == task and r["method"] == m]
         lines.append(f"| {task} | " + " | ".join(cells) + " |")
     lines += ["", "| method | trainable params (first task) | train s (mean per task) |", "|---|---:|---:|"]
     for method in args.methods:

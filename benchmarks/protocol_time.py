@@ -287,7 +287,8 @@ def official_rates(
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    return f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    return (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+            f"{torch.get_num_threads()} threads")
 
 
 def hours(seconds: float) -> str:
@@ -327,7 +328,8 @@ def report(
         f"- device: {device_description(device)}; torch {torch.__version__}; precision {precision}",
         f"- machine load average (1 min) at the start / end: {loads[0]} / {loads[1]}",
         f"- workload: {model} (random weights), random {img_size} px images, {workload.train} train + "
-        f"{workload.val} val + {workload.test_images:,} test, Q={queries}, {workload.epochs} epochs, {workload.configs}-configuration grid (lr x wd), "
+        f"{workload.val} val + {workload.test_images:,} test, Q={queries}, {workload.epochs} epochs, "
+        f"{workload.configs}-configuration grid (lr x wd), "
         f"{workload.seeds} seeds, validation every {workload.eval_every} epochs and after the last",
         f"- chosen configuration: lr {chosen['best'].lr:g}, wd {chosen['best'].weight_decay:g} "
         f"(random labels: accuracy {chosen['test_accuracy']:.3f} is chance, only the time matters)",
@@ -380,8 +382,10 @@ def report(
     if notes:
         lines += ["", *(f"- note: {note}" for note in dict.fromkeys(notes))]
     if cpu:
-        by_cpu = official_seconds(cpu, workload, workload.test_images) / vqt_seconds(cpu, workload, workload.test_images)
-        lines += ["", f"protocol speed-up by CPU seconds (this process' work, less sensitive to the load): {by_cpu:.1f}"]
+        by_cpu = (official_seconds(cpu, workload, workload.test_images)
+                  / vqt_seconds(cpu, workload, workload.test_images))
+        lines += ["", "protocol speed-up by CPU seconds (this process' work, less sensitive to the load): "
+                  f"{by_cpu:.1f}"]
     lines += ["", f"{SPEED_UP_LINE}{official / ours:.1f}"]
     return "\n".join(lines) + "\n"
 
@@ -421,7 +425,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    for key in ("epochs", "test_images", "train_images", "val_images", "classes", "queries", "extract_batch", "probe_batch", "probe_steps"):
+    for key in ("epochs", "test_images", "train_images", "val_images", "classes", "queries", "extract_batch",
+                "probe_batch", "probe_steps"):
         if getattr(args, key) < 1:
             parser.error(f"--{key.replace('_', '-')} must be >= 1")
     return args

@@ -7,7 +7,8 @@ an unknown task, a missing field, bad base64, a body over the limit), which must
 compared with the same adapters run in this process (`MultiTaskModel`, top-1 class per task; scores within 1e-4):
 a wrong answer is counted, never hidden. Reported: throughput, p50/p95/p99 latency of good requests, errors.
 
-Phase 2 repeats the load and SIGKILLs the server when a third of the requests are sent, restarts it and keeps the clients
+Phase 2 repeats the load and SIGKILLs the server when a third of the requests are sent, restarts it and keeps the
+clients
 going: clients see connection errors while it is down, never a wrong answer, and good requests succeed again after
 the restart (nothing on disk to corrupt: the server writes no file). A request that gets no answer is retried
 after 0.5 s and counted as a connection error.

@@ -27,9 +27,11 @@ def foreign_vqt() -> str | None:
     try:
         spec = find_spec("vqt")
     except (ImportError, ValueError) as error:
-        return f"the 'vqt' package cannot be located ({error}); reinstall: pip install --force-reinstall visual-query-tuning"
+        return (f"the 'vqt' package cannot be located ({error}); reinstall: pip install --force-reinstall "
+                "visual-query-tuning")
     if spec is None:
-        return "no 'vqt' package is installed for this Python; reinstall: pip install --force-reinstall visual-query-tuning"
+        return ("no 'vqt' package is installed for this Python; reinstall: pip install --force-reinstall "
+                "visual-query-tuning")
     if spec.origin is None or not spec.origin.endswith("__init__.py"):  # a folder without __init__.py
         where = ", ".join(spec.submodule_search_locations or []) or "?"
         return (f"the 'vqt' package at {where} has no __init__.py: a partial install (uninstalling a distribution "

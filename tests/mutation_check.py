@@ -24,7 +24,8 @@ tests chosen for it):
 - The targeted tests first run on the unmutated export: a red baseline would make every mutant look killed, so
   the check stops there.
 - A mutant is *killed* when its tests fail (pytest exit 1, or 2 for a collection error), *survived* when they
-  pass, *timeout* past `--timeout`. A survivor must either be killed by a test (the tests added for this check live in the files of the
+  pass, *timeout* past `--timeout`. A survivor must either be killed by a test (the tests added for this check live
+  in the files of the
   code they test and are listed in KILL_TESTS) or carry an `equivalent=` reason below, which the report prints.
 
 Exit status: 0 when every mutant is killed or explained, 1 otherwise, 2 when the check could not run.
@@ -118,15 +119,19 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "sweep_grid_chunk_any_done", SWEEP,
-        'if self.committed(dirs, tdir):\n                continue\n            claim = self.claims.claim(self.claim_base(task.name, f"grid-',
-        'if any(unit_done(d) for d in dirs):\n                continue\n            claim = self.claims.claim(self.claim_base(task.name, f"grid-',
+        'if self.committed(dirs, tdir):\n                continue\n'
+        '            claim = self.claims.claim(self.claim_base(task.name, f"grid-',
+        'if any(unit_done(d) for d in dirs):\n                continue\n'
+        '            claim = self.claims.claim(self.claim_base(task.name, f"grid-',
         "grid phase: a chunk is skipped on resume when any (not all) of its units committed",
         (SWEEP_RESUME, "tests/protocol/test_end_to_end.py::test_killed_sweep_resumes"), origin="review",
     ),
     Mutant(
         "sweep_seed_chunk_any_done", SWEEP,
-        'if self.committed(dirs, tdir):\n                continue\n            claim = self.claims.claim(self.claim_base(task.name, f"seeds-',
-        'if any(unit_done(d) for d in dirs):\n                continue\n            claim = self.claims.claim(self.claim_base(task.name, f"seeds-',
+        'if self.committed(dirs, tdir):\n                continue\n'
+        '            claim = self.claims.claim(self.claim_base(task.name, f"seeds-',
+        'if any(unit_done(d) for d in dirs):\n                continue\n'
+        '            claim = self.claims.claim(self.claim_base(task.name, f"seeds-',
         "seed phase: a chunk is skipped on resume when any (not all) of its seeds committed",
         (SWEEP_RESUME, "tests/protocol/test_end_to_end.py::test_killed_sweep_resumes"), origin="review",
     ),

@@ -260,7 +260,8 @@ def test_help_lists_the_options(command: list[str], options: list[str], capsys) 
 
 def test_bench_memory_bf16_row() -> None:
     """The memory measurement runs the step under autocast: bf16 saves fewer activation bytes per image than fp32
-    (measured 0.39 vs 0.60 MiB at batch 4), and the weights' bf16 copies autograd keeps are counted apart: equal to a plain
+    (measured 0.39 vs 0.60 MiB at batch 4), and the weights' bf16 copies autograd keeps are counted apart: equal to a
+    plain
     count of the bf16 size of every Linear weight (the patch embedding's input needs no gradient, so its weight's
     copy is not kept)."""
     from torch import nn

@@ -27,7 +27,8 @@ def launcher_alone(tmp_path: Path) -> Path:
     return folder
 
 
-def python(code: str, *path: Path | str, isolated: bool = False, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def python(code: str, *path: Path | str, isolated: bool = False,
+           cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run `code` in a child Python with `path` first on sys.path (`isolated`: no site-packages at all)."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if path:
@@ -73,12 +74,14 @@ def test_version_of_a_source_tree_that_was_never_installed(monkeypatch) -> None:
 def test_cli_version_is_quick_and_matches(capsys) -> None:
     for argv in (["--version"], ["--log-level", "WARNING", "--version"]):
         assert main(argv) == 0
-        assert capsys.readouterr().out == f"vqt {vqt.__version__} (visual-query-tuning, Python {sys.version.split()[0]})\n"
+        expected = f"vqt {vqt.__version__} (visual-query-tuning, Python {sys.version.split()[0]})\n"
+        assert capsys.readouterr().out == expected
     with pytest.raises(SystemExit):  # argparse lists it in --help
         main(["--help"])
     assert "--version" in capsys.readouterr().out
     # Answered before the commands (and so torch) are imported.
-    code = "import sys; from vqt.cli.main import main; assert main(['--version']) == 0; assert 'torch' not in sys.modules"
+    code = ("import sys; from vqt.cli.main import main; assert main(['--version']) == 0; "
+            "assert 'torch' not in sys.modules")
     assert python(code).returncode == 0
 
 
@@ -128,7 +131,8 @@ def test_what_is_not_a_clash(tmp_path: Path) -> None:
     # distribution whose top-level names merely start with vqt, and one whose RECORD names vqt only deeper.
     fake_distribution(tmp_path, "vqt-0.0.9.dist-info", name="vqt", version="0.0.9",
                       summary="Visual Query Tuning (Tu, Mai, Chao, CVPR 2023) for timm Vision Transformers")
-    fake_distribution(tmp_path, "vqtools-2.0.dist-info", name="vqtools", version="2.0", top_level="vqtools\nvqt_extra\n")
+    fake_distribution(tmp_path, "vqtools-2.0.dist-info", name="vqtools", version="2.0",
+                      top_level="vqtools\nvqt_extra\n")
     fake_distribution(tmp_path, "other-1.0.dist-info", name="other", version="1.0", top_level=None,
                       record="other/vqt/__init__.py,sha256=abc,1\nvqtx.py,sha256=abc,1\n")
     fake_distribution(tmp_path, "visual_query_tuning-9.9.dist-info", name="visual-query-tuning", version="9.9")

@@ -115,7 +115,8 @@ def render_cli() -> str:
         for path, command, _summary in commands:
             level = "##" if len(path) <= 2 else "###"  # `vqt bench memory` under `vqt bench`
             name = " ".join(path)
-            lines += ["", f"{level} `{name}` {{#{_anchor(path)}}}", "", "```text", command.format_help().rstrip(), "```"]
+            lines += ["", f"{level} `{name}` {{#{_anchor(path)}}}", "", "```text", command.format_help().rstrip(),
+                      "```"]
     return "\n".join(lines) + "\n"
 
 

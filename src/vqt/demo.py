@@ -244,7 +244,8 @@ def render_table(budget: Budget, backbone: str, device: str, results: dict[str, 
         if "peak_mib" not in row:
             continue
         lines.append(
-            f"| {method} (memory only) | " + " | ".join("–" for _ in tasks) + f" | – | {row['trainable_params']:,} | – | "
+            f"| {method} (memory only) | " + " | ".join("–" for _ in tasks)
+            + f" | – | {row['trainable_params']:,} | – | "
             f"{row['peak_mib']:.0f} | {row['step_increase_mib']:.0f} | {row['saved_mib_per_sample']:.2f} |"
         )
     lines += [

@@ -138,7 +138,8 @@ def test_two_ranks_store_equals_single_process_bit_for_bit(two_ranks, tmp_path: 
         assert (root / "two" / file).read_bytes() == (tmp_path / "one" / file).read_bytes(), file
     # Each rank read exactly its shard of whole chunks (batch 4, chunk 8: [0, 8) and [8, 20)).
     assert [record["reads_full"] for record in seen] == [len(contiguous_shard(COUNT, 8, r, 2)) for r in (0, 1)]
-    assert sorted(path.name for path in (root / "two").iterdir()) == sorted(path.name for path in (tmp_path / "one").iterdir())
+    assert (sorted(path.name for path in (root / "two").iterdir())
+            == sorted(path.name for path in (tmp_path / "one").iterdir()))
 
 
 def test_killed_two_rank_extraction_resumes_each_rank_from_its_chunks(two_ranks, tmp_path: Path) -> None:

@@ -115,7 +115,8 @@ def test_model_card_says_what_the_adapter_is(tmp_path: Path) -> None:
     assert {"vqt", "visual-query-tuning", "image-classification"} <= set(meta["tags"])
     assert meta["base_model"] == "timm/vit_base_patch16_224.orig_in21k"  # timm's pretrained config of the spelling
     trainable = sum(p.numel() for p in model.trainable_parameters())
-    for text in ("`vit_base_patch16_224.orig_in21k`", "`dsprites_ori`", "| classes | 4: `zero`, `one`, `two`, `three` |",
+    for text in ("`vit_base_patch16_224.orig_in21k`", "`dsprites_ori`",
+                 "| classes | 4: `zero`, `one`, `two`, `three` |",
                  "81.25% on test (from result.json of its run)", "| Q (queries per layer) | 2 per layer (3 layers) |",
                  f"| trainable parameters | {trainable:,} (head 772, layer_weights 6, queries 288) |",
                  "lr 0.1, weight_decay 0.001, seed 0", 'vqt.load_adapter("hf-hub:owner/name")',

@@ -1,4 +1,5 @@
-"""Embedding dropout as the official VQT code (andytu28/VQT, from VPT) applies it: after the position embedding, in online training only."""
+"""Embedding dropout as the official VQT code (andytu28/VQT, from VPT) applies it: after the position embedding,
+in online training only."""
 
 from __future__ import annotations
 

@@ -138,7 +138,8 @@ def test_train_api_online_vqt_with_augmentation_and_lora(data_root: Path, tmp_pa
     with pytest.raises(VQTError, match="--augment needs --online"):
         run_train({**BASE, "data_root": str(data_root), "task": "dsprites_loc", "augment": True,
                    "out": str(tmp_path / "c")})
-    # the sweep trains LoRA online now (tests/protocol/test_sweep_methods.py); only compression (stored features) is refused
+    # the sweep trains LoRA online now (tests/protocol/test_sweep_methods.py); only compression (stored features) is
+    # refused
     with pytest.raises(VQTError, match="drop --compress"):
         from vqt.protocol.sweep import run_sweep
 

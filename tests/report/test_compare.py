@@ -162,7 +162,8 @@ def test_memory_measured_once_then_cached(runs, tmp_path: Path, fake_measure) ->
     assert (tmp_path / "b" / "accuracy_vs_memory.png").stat().st_size > 0
 
     # Another batch is another key: measured (for every method), added beside the first entry.
-    assert main(["compare", str(linear), str(vqt), "--device", "cpu", "--batch", "8", "--out", str(tmp_path / "c")]) == 0
+    assert main(["compare", str(linear), str(vqt), "--device", "cpu", "--batch", "8",
+                 "--out", str(tmp_path / "c")]) == 0
     assert fake_measure[1] == ["linear", "vqt"]
     assert [e["batch"] for e in json.loads((vqt / compare.MEMORY_FILE).read_text())["entries"]] == [4, 8]
     # --no-memory still shows what is cached.

@@ -17,6 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 EPOCH_TAGS = {"train/loss": "train_loss", "train/lr": "lr_value", "val/accuracy": "val_accuracy"}
 
+NO_TENSORBOARD = "tensorboard is not installed (pip install 'visual-query-tuning[tensorboard]')"
+
 
 def read_runs(root: Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """{run folder relative to root: {tag: [(step, value), ...]}} read back with TensorBoard's own reader."""
@@ -64,7 +66,7 @@ def assert_same(actual: dict, expected: dict) -> None:
 
 
 def test_sweep_writes_one_run_per_configuration(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'visual-query-tuning[tensorboard]')")
+    pytest.importorskip("tensorboard", reason=NO_TENSORBOARD)
     out, board = tmp_path / "run", tmp_path / "tb"
     assert main(sweep_args(data_root, out, "dsprites_ori", "--tensorboard", str(board))) == 0
     runs = read_runs(board)
@@ -81,7 +83,7 @@ def test_sweep_writes_one_run_per_configuration(data_root: Path, tmp_path: Path)
 
 def test_resumed_sweep_adds_tensorboard_for_units_done_before(data_root: Path, tmp_path: Path,  # noqa: F811
                                                               monkeypatch) -> None:
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'visual-query-tuning[tensorboard]')")
+    pytest.importorskip("tensorboard", reason=NO_TENSORBOARD)
     out, board = tmp_path / "run", tmp_path / "tb"
     args = sweep_args(data_root, out, "dsprites_ori", "--grid-chunk", "1")
     monkeypatch.setenv(STOP_ENV, "3")  # killed after three committed units, without --tensorboard
@@ -94,7 +96,7 @@ def test_resumed_sweep_adds_tensorboard_for_units_done_before(data_root: Path, t
 
 
 def test_train_writes_its_run(data_root: Path, tmp_path: Path) -> None:  # noqa: F811
-    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install 'visual-query-tuning[tensorboard]')")
+    pytest.importorskip("tensorboard", reason=NO_TENSORBOARD)
     out, board = tmp_path / "one", tmp_path / "tb"
     assert main(["train", *BACKBONE, "--data-root", str(data_root), "--task", "clevr_count", "--lr", "0.1",
                  "--wd", "0.001", "--val-split", "val200", *TINY, "--out", str(out),

@@ -36,7 +36,8 @@ RECIPE = Recipe(lr=0.5, weight_decay=1e-3, batch_size=8, epochs=4, warmup_epochs
 def setup(tmp_path_factory: pytest.TempPathFactory):
     backbone = tiny_vit("dinov2_ls_reg")
     generator = torch.Generator().manual_seed(0)
-    dataset = TensorDataset(torch.randn(28, 3, 32, 32, generator=generator), torch.randint(0, 4, (28,), generator=generator))
+    dataset = TensorDataset(torch.randn(28, 3, 32, 32, generator=generator),
+                            torch.randint(0, 4, (28,), generator=generator))
     store = extract_features(
         backbone, dataset, tmp_path_factory.mktemp("bf16") / "train", backbone_spec="tiny@random",
         transform={"none": True}, dataset_meta={"name": "synthetic"}, dtype="float32", batch_size=16, progress=False,

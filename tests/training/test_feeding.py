@@ -35,7 +35,8 @@ RECIPE = Recipe(lr=0.5, weight_decay=1e-3, batch_size=8, epochs=3, warmup_epochs
 def make_store(root, dtype: str):
     backbone = tiny_vit("dinov2_ls_reg")
     generator = torch.Generator().manual_seed(0)
-    dataset = TensorDataset(torch.randn(21, 3, 32, 32, generator=generator), torch.randint(0, 3, (21,), generator=generator))
+    dataset = TensorDataset(torch.randn(21, 3, 32, 32, generator=generator),
+                            torch.randint(0, 3, (21,), generator=generator))
     store = extract_features(
         backbone, dataset, root / dtype, backbone_spec="tiny@random", transform={"none": True},
         dataset_meta={"name": "synthetic"}, dtype=dtype, batch_size=16, progress=False,

@@ -153,7 +153,8 @@ def test_cli_rows_per_query_and_per_head_with_registers(tmp_path: Path, monkeypa
     # The tiny DINOv2-like ViT: CLS + 2 registers before a 4x4 grid, 4 heads, 3 layers; loaded by a test spelling.
     import vqt.checkpoint.trained
 
-    monkeypatch.setattr(vqt.checkpoint.trained, "create_backbone", lambda spec, img_size=None: tiny_vit("dinov2_ls_reg"))
+    monkeypatch.setattr(vqt.checkpoint.trained, "create_backbone",
+                        lambda spec, img_size=None: tiny_vit("dinov2_ls_reg"))
     model = trained_vqt(tiny_vit("dinov2_ls_reg"), 2)
     _, description = build_transform("official", img_size=32)
     adapter = save_adapter(model, tmp_path / "adapter", backbone_spec="tiny-reg", transform=description)

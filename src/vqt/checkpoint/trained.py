@@ -52,7 +52,8 @@ def save_trained(
                             class_names=class_names, extra=extra)
     backbone = model.backbone
     tensors = {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-    tensors.update({name: b.detach().cpu().contiguous() for name, b in model.named_buffers() if name.startswith("head.")})
+    tensors.update({name: b.detach().cpu().contiguous() for name, b in model.named_buffers()
+                    if name.startswith("head.")})
     weights = st_save(tensors)
     head = model.head
     num_classes = head.out_features if isinstance(head, nn.Linear) else head.linear.out_features

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="folder for compare.md/.csv and the plot (default: %(default)s)")
     parser.add_argument("--no-memory", action="store_true",
                         help="measure nothing (numbers already cached in the run folders are still shown)")
-    parser.add_argument("--batch", type=int, default=32, help="images per measured training step (default: %(default)s)")
+    parser.add_argument("--batch", type=int, default=32,
+                        help="images per measured training step (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda for the measurement (default: cuda when available)")
     parser.add_argument("--plot-x", choices=("saved", "peak", "increase"), default="saved",
                         help="plot x axis: saved activation MiB/sample, peak memory, or peak minus the loaded model "

@@ -14,7 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("data", help="data-set utilities (synthetic structured tasks, splits of your own folder)")
+    parser = subparsers.add_parser("data",
+                                   help="data-set utilities (synthetic structured tasks, splits of your own folder)")
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND")
     parser.set_defaults(func=lambda args: _help(parser))
 

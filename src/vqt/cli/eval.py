@@ -13,7 +13,8 @@ from vqt.protocol.validation import PRECISION_CHOICES
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="accuracy of an adapter on a split", description=__doc__,
                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("adapter", type=Path, help="adapter folder (e.g. <run>/adapter or <run>/tasks/T/final/seed0/adapter)")
+    parser.add_argument("adapter", type=Path,
+                        help="adapter folder (e.g. <run>/adapter or <run>/tasks/T/final/seed0/adapter)")
     parser.add_argument("--data-root", type=Path, required=True, help="VTAB-1k root with <task>/<split>.txt")
     parser.add_argument("--task", required=True, help="task name")
     parser.add_argument("--split", default="test", help="split to evaluate")

@@ -20,8 +20,8 @@ from vqt.distributed import launched_by_torchrun
 from vqt.errors import VQTError, os_error_message
 
 # Sub-command modules, in the order `vqt --help` lists them.
-COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "export", "serve", "push", "extract",
-                   "viz", "report", "compare")
+COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "export", "serve", "push",
+                   "extract", "viz", "report", "compare")
 
 
 # Commands whose ranks share the work under torchrun (docs/distributed.md); the others run on rank 0 alone.

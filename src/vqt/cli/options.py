@@ -47,7 +47,8 @@ PRECISION_HELP = ("compute precision of the backbone and query path: bf16 runs t
 # Options `vqt train` and `vqt sweep` share word for word; each command supplies its own defaults.
 SHARED_OPTIONS: dict[str, dict[str, Any]] = {
     "--backbone": dict(help="backbone spelling: NAME.TAG (hub), NAME@FILE, NAME@random, offline:dinov2_s14"),
-    "--variant": dict(help="how a layer's query outputs form its feature piece", choices=("concat", "mean", "weighted")),
+    "--variant": dict(help="how a layer's query outputs form its feature piece",
+                      choices=("concat", "mean", "weighted")),
     "--query-dropout": dict(help="dropout on the queries in training", type=float),
     "--img-size": dict(help="input resolution the backbone is built at (unset: its own)", type=int),
     "--epochs": dict(help="training epochs", type=int),
@@ -200,7 +201,8 @@ def compress_spec(text: str) -> str | float | None:
     try:
         value = float(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"--compress takes a fraction in (0, 1], 'official' or 'none', got {text!r}") from error
+        raise argparse.ArgumentTypeError(
+            f"--compress takes a fraction in (0, 1], 'official' or 'none', got {text!r}") from error
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"--compress fraction must lie in (0, 1], got {value}")
     return value

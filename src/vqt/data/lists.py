@@ -393,7 +393,8 @@ class _Builder:
         if self.num_classes is not None and label >= self.num_classes:
             self.bad(
                 line,
-                f"{raw_path}: label {label} out of range (the task has {self.num_classes} classes, 0..{self.num_classes - 1})",
+                f"{raw_path}: label {label} out of range (the task has {self.num_classes} classes, "
+                f"0..{self.num_classes - 1})",
             )
             return
         if self.check_files and not path.is_file():

@@ -179,10 +179,8 @@ class TFBilinearResize:
     def _axis(self, in_size: int, out_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         scale = np.float32(in_size) / np.float32(out_size)
         index = np.arange(out_size, dtype=np.float32)
-        if self.half_pixel_centers:
-            source = (index + np.float32(0.5)) * scale - np.float32(0.5)
-        else:
-            source = index * scale
+        half = np.float32(0.5)
+        source = (index + half) * scale - half if self.half_pixel_centers else index * scale
         floor = np.floor(source)
         lower = np.maximum(floor, 0).astype(np.int64)
         upper = np.minimum(np.ceil(source), in_size - 1).astype(np.int64)

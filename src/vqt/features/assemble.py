@@ -68,7 +68,8 @@ def assemble_store(
         },
     }
     atomic_write_json(out / META_FILE, meta)
-    tokens = open_memmap(out / TOKENS_FILE, mode="w+", dtype=parts[0].tokens.dtype, shape=tuple(meta["shapes"]["tokens"]))
+    tokens = open_memmap(out / TOKENS_FILE, mode="w+", dtype=parts[0].tokens.dtype,
+                         shape=tuple(meta["shapes"]["tokens"]))
     pre_logits = open_memmap(
         out / PRE_LOGITS_FILE, mode="w+", dtype=parts[0].pre_logits.dtype, shape=tuple(meta["shapes"]["pre_logits"])
     )

@@ -1,4 +1,5 @@
-"""Adapters on the Hugging Face Hub, a layer on top of `vqt.checkpoint`: `hf-hub:OWNER/NAME[@REVISION]`, a generated model card, push and download.
+"""Adapters on the Hugging Face Hub, a layer on top of `vqt.checkpoint`: `hf-hub:OWNER/NAME[@REVISION]`, a
+generated model card, push and download.
 
 A thin use of `huggingface_hub`'s own API: `HfApi.create_repo` + `HfApi.upload_folder` to push, `snapshot_download`
 to fetch (it resolves branches, tags and commits, caches under `HF_HUB_CACHE`/`HF_HOME`, honours `HF_HUB_OFFLINE`

@@ -85,7 +85,8 @@ class QueryCombo(nn.Module):
         return self.vqt.head(self.features(images))
 
 
-def combo_factory(make_adapter: Callable[..., nn.Module], **adapter_kwargs: Any) -> Callable[[nn.Module, int], nn.Module]:
+def combo_factory(make_adapter: Callable[..., nn.Module],
+                  **adapter_kwargs: Any) -> Callable[[nn.Module, int], nn.Module]:
     """A `make_adapter` from a method class and its keyword arguments."""
 
     def build(backbone: nn.Module, num_classes: int) -> nn.Module:

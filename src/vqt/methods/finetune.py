@@ -66,6 +66,7 @@ class FineTune(AdaptedBackbone):
 SPEC = MethodSpec(
     "finetune", FineTune, "online", True, "full fine-tuning of every backbone weight",
     grid=MethodGrid((0.005, 0.001, 5e-4, 1e-4), FULL_WD,
-                    "VPT official code (KMnP/vpt tune_vtab.py, train_type 'finetune'; configs/base-finetune.yaml: AdamW, "
-                    "5 warm-up epochs), lr x batch/256 as there; we keep Adam with coupled decay and --warmup-epochs"),
+                    "VPT official code (KMnP/vpt tune_vtab.py, train_type 'finetune'; configs/base-finetune.yaml: "
+                    "AdamW, 5 warm-up epochs), lr x batch/256 as there; we keep Adam with coupled decay and "
+                    "--warmup-epochs"),
 )

@@ -100,7 +100,7 @@ class LoRA(AdaptedBackbone):
 SPEC = MethodSpec(
     "lora", LoRA, "online", True, "peft LoRA on W_q, W_v (split from timm's fused qkv)",
     grid=MethodGrid((0.02, 0.01, 0.002, 0.001), FULL_WD,
-                    "NOAH official VTAB scripts (ZhangYuanhan-AI/NOAH configs/LoRA/VTAB): AdamW, lr 0.005 (also tried "
-                    "there: 0.01, 0.001, 5e-4), wd 1e-4, batch 64, 100 epochs; here those four rates as the *used* rate "
-                    "at batch 128 (x2 before the batch/256 scaling) and the wd grid around NOAH's 1e-4"),
+                    "NOAH official VTAB scripts (ZhangYuanhan-AI/NOAH configs/LoRA/VTAB): AdamW, lr 0.005 (also "
+                    "tried there: 0.01, 0.001, 5e-4), wd 1e-4, batch 64, 100 epochs; here those four rates as the "
+                    "*used* rate at batch 128 (x2 before the batch/256 scaling) and the wd grid around NOAH's 1e-4"),
 )

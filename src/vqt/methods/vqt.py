@@ -279,7 +279,8 @@ def shared_query_outputs(models: Sequence[VQT], tapped: TapOutput) -> list[list[
 
 
 @torch.no_grad()
-def streamed_query_outputs(models: Sequence[VQT], images: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
+def streamed_query_outputs(models: Sequence[VQT],
+                           images: torch.Tensor) -> tuple[torch.Tensor, list[list[torch.Tensor]]]:
     """(pre-logits, every model's O_l) from one backbone pass that runs each block's query path as soon as the
     block's X_l exists and keeps no X_l: the same numbers as `shared_query_outputs(models, tap(images))`, with one
     layer's tokens alive at a time instead of all L (inference only: no autograd)."""

@@ -50,7 +50,8 @@ def compress(
     """
     features, labels = store_features(model, train_store)
     head = select_and_refit(
-        features, labels, model.head.out_features if isinstance(model.head, nn.Linear) else model.head.linear.out_features,
+        features, labels,
+        model.head.out_features if isinstance(model.head, nn.Linear) else model.head.linear.out_features,
         keep_fraction=keep_fraction, group_lasso=group_lasso, epochs=epochs, lr=lr / 2,
         weight_decay=weight_decay, seed=seed,
     )

@@ -167,7 +167,8 @@ class Sweep:
 
     def recipe(self) -> Recipe:
         c = self.config
-        return make_recipe(batch_size=int(c["batch_size"]), epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]),
+        return make_recipe(batch_size=int(c["batch_size"]), epochs=int(c["epochs"]),
+                           warmup_epochs=int(c["warmup_epochs"]),
                       eval_every=int(c["eval_every"]), data_seed=int(c["data_seed"]))
 
     def queries_for(self, task: TaskSpec) -> int:
@@ -236,7 +237,8 @@ class Sweep:
         self.prepare_run_dir()
         started = time.time()
         loaded = load_backbone(c, self.device)
-        self.backbone, self.transform, self.transform_description = loaded.backbone, loaded.transform, loaded.description
+        self.backbone = loaded.backbone
+        self.transform, self.transform_description = loaded.transform, loaded.description
         check_exclusive_create(self.run_dir.path / CLAIMS_DIR)  # claims must be atomic, or refuse in one line
         with Claims() as self.claims:
             summaries = self.work()
@@ -405,8 +407,9 @@ class Sweep:
                 if keep is not None:
                     trainval = self.store(task.name, "train800val200")
                     effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
-                    compressed = [compress(m, trainval, keep_fraction=keep, lr=effective, weight_decay=best["weight_decay"],
-                                           epochs=recipe.epochs, group_lasso=float(c["group_lasso"]), seed=t.config.seed)
+                    compressed = [compress(m, trainval, keep_fraction=keep, lr=effective,
+                                           weight_decay=best["weight_decay"], epochs=recipe.epochs,
+                                           group_lasso=float(c["group_lasso"]), seed=t.config.seed)
                                   for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]
                 if models and c["test_store"]:
                     accuracies = evaluate_store_models(models + compressed, self.store(task.name, "test"),

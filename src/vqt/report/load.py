@@ -153,7 +153,8 @@ def _config(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise VQTError(f"corrupt {config_path}: {error}") from error
     if not isinstance(config, dict) or "lrs" not in config or "wds" not in config:
-        kind = "a `vqt train` run folder" if isinstance(config, dict) and "lr" in config else "not a vqt sweep run folder"
+        kind = ("a `vqt train` run folder" if isinstance(config, dict) and "lr" in config
+                else "not a vqt sweep run folder")
         raise VQTError(f"{path} is {kind}; `vqt report` reports the run folders of `vqt sweep`")
     return config
 

@@ -101,13 +101,14 @@ def _task_section(task: TaskReport, figures: dict[str, str]) -> str:
              f'<span class="meta">({escape(task.group)})</span></h2>']
     s = task.summary
     if s is not None and s.get("lr") is not None:
+        test = tables.mean_pm_std(tables.percent(s.get("test_mean")), tables.percent(s.get("test_std")))
         line = (f"chosen lr {s['lr']:g}, wd {s['weight_decay']:g} (val200 {100 * (s.get('val_accuracy') or 0):.2f}%); "
-                f"test {tables.mean_pm_std(tables.percent(s.get('test_mean')), tables.percent(s.get('test_std')))}% over "
-                f"{s.get('seeds_done', 0)} seed(s)")
+                f"test {test}% over {s.get('seeds_done', 0)} seed(s)")
         compressed = s.get("compressed")
         if compressed:
-            line += (f"; compressed (keep {compressed['keep']:g}) "
-                     f"{tables.mean_pm_std(tables.percent(compressed.get('test_mean')), tables.percent(compressed.get('test_std')))}%")
+            kept = tables.mean_pm_std(tables.percent(compressed.get("test_mean")),
+                                      tables.percent(compressed.get("test_std")))
+            line += f"; compressed (keep {compressed['keep']:g}) {kept}%"
         parts.append(f'<p class="meta">{escape(line)}</p>')
     if not task.finished:
         state = f"in progress: {task.progress()}" if task.started else "not started yet"

@@ -132,7 +132,8 @@ def to_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     compressed_means = group_means(rows, "compressed_mean")
     for group, value in means.items():
         writer.writerow({"task": group, "group": "mean", "test_mean": "" if value is None else round(value, 4),
-                         "compressed_mean": "" if compressed_means[group] is None else round(compressed_means[group], 4),
+                         "compressed_mean": ("" if compressed_means[group] is None
+                                             else round(compressed_means[group], 4)),
                          "status": "", "notes": ""})
     return buffer.getvalue()
 
