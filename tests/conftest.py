@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import synth
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests marked `cuda` skip, with the reason, where torch sees no CUDA device."""
@@ -31,6 +29,9 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
+    """dsprites_ori and clevr_count, tiny (16/8/16 images at 32 px): the setting of most command-line tests."""
+    from tests.helpers import synth  # here, not at the top: conftest must import without the package under test
+
     root = tmp_path_factory.mktemp("vtab")
     synth(root, "dsprites_ori,clevr_count")
     return root

@@ -85,7 +85,7 @@ class Mutant:
 QP = "src/vqt/backbone/query_path.py"
 RECIPE = "src/vqt/training/recipe.py"
 GRID = "src/vqt/training/grid.py"
-CACHED = "src/vqt/training/cached.py"
+LOOP = "src/vqt/training/loop.py"
 STORE_PY = "src/vqt/features/store.py"
 EXTRACT = "src/vqt/features/extract.py"
 VQT_PY = "src/vqt/methods/vqt.py"
@@ -298,21 +298,21 @@ MUTANTS: tuple[Mutant, ...] = (
         (TRAINING, TRAINING_REFERENCE, KILL_DROPOUT),
     ),
     Mutant(
-        "cached_lr_one_epoch_late", CACHED,
+        "cached_lr_one_epoch_late", LOOP,
         "lr = lr_at_epoch(recipe, epoch)",
         "lr = lr_at_epoch(recipe, epoch + 1)",
         "the shared training loop uses the next epoch's lr",
         (TRAINING, TRAINING_REFERENCE),
     ),
     Mutant(
-        "cached_partial_batch_dropped", CACHED,
+        "cached_partial_batch_dropped", LOOP,
         "if recipe.drop_last and batches and len(batches[-1]) < recipe.batch_size:",
         "if batches and len(batches[-1]) < recipe.batch_size:",
         "every trainer drops the last partial batch (the official loader keeps it)",
         (TRAINING, TRAINING_REFERENCE),
     ),
     Mutant(
-        "cached_order_ignores_data_seed", CACHED,
+        "cached_order_ignores_data_seed", LOOP,
         "generator = order_generator(recipe.order_seed)",
         "generator = order_generator(recipe.seed)",
         "the shared training loop orders the images by the init seed, ignoring data_seed",

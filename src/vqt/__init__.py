@@ -144,10 +144,10 @@ _EXPORTS: dict[str, str] = {
     "Recipe": "vqt.training.recipe",
     "GridConfig": "vqt.training.grid",
     "grid_configs": "vqt.training.grid",
-    "train_cached": "vqt.training.cached",
-    "train_online": "vqt.training.cached",
+    "train_cached": "vqt.training.trainers",
+    "train_online": "vqt.training.trainers",
     "train_grid": "vqt.training.grid",
-    "evaluate_store": "vqt.training.cached",
+    "evaluate_store": "vqt.training.evaluate",
     # adapters
     "save_adapter": "vqt.hub.push",
     "load_adapter": "vqt.hub.fetch",

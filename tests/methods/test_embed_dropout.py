@@ -78,8 +78,8 @@ def test_embed_dropout_online_training_is_seeded_and_store_training_refused(one_
     from torch.utils.data import TensorDataset
 
     from vqt.errors import VQTError
-    from vqt.training.cached import train_cached, train_online
     from vqt.training.recipe import Recipe
+    from vqt.training.trainers import train_cached, train_online
 
     generator = torch.Generator().manual_seed(1)
     data = TensorDataset(torch.randn(6, 3, 32, 32, generator=generator), torch.tensor([0, 1, 2, 0, 1, 2]))

@@ -24,8 +24,8 @@ from vqt.training import (
     train_grid,
     train_online,
 )
-from vqt.training.cached import vqt_loss
 from vqt.training.recipe import draw_keep_mask, dropout_generator, make_optimizer
+from vqt.training.trainers import vqt_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

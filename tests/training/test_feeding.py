@@ -11,8 +11,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-import vqt.training.cached
+import vqt.training.evaluate
 import vqt.training.grid
+import vqt.training.trainers
 from tests.tiny_models import tiny_vit
 from vqt.backbone.tap import TapOutput
 from vqt.errors import VQTError
@@ -72,7 +73,8 @@ def test_resident_and_streamed_feeding_train_bit_for_bit_like_a_plain_read(setup
     backbone, store = setup
     streamed = train_both(backbone, store)  # FeatureStore: the prefetch thread
     resident = train_both(backbone, ResidentStore(store, "cpu"))  # gathered by index from tensors in memory
-    monkeypatch.setattr(vqt.training.cached, "feed_batches", plain_batches)
+    monkeypatch.setattr(vqt.training.trainers, "feed_batches", plain_batches)
+    monkeypatch.setattr(vqt.training.evaluate, "feed_batches", plain_batches)
     monkeypatch.setattr(vqt.training.grid, "feed_batches", plain_batches)
     plain = train_both(backbone, store)
     for ours in (streamed, resident):

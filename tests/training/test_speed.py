@@ -16,7 +16,7 @@ from vqt.backbone import query_path
 from vqt.backbone.tap import TapOutput
 from vqt.methods.vqt import VQT
 from vqt.training import VQTGrid, grid_configs
-from vqt.training.cached import vqt_loss
+from vqt.training.trainers import vqt_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

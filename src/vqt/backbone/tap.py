@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from timm.layers import Attention, LayerScale
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
@@ -33,6 +34,13 @@ class TapOutput:
 
     tokens: list[torch.Tensor]  # L tensors of shape (B, N, D): X_l = norm1_l(Z_{l-1})
     pre_logits: torch.Tensor  # (B, D): the backbone's own pooled, normalised feature
+
+    def to(self, device: torch.device) -> TapOutput:
+        """This batch on `device` (itself when it is there already)."""
+        if self.pre_logits.device == torch.device(device):
+            return self
+        return TapOutput([t.to(device, non_blocking=True) for t in self.tokens],
+                         self.pre_logits.to(device, non_blocking=True))
 
 
 def check_supported(model: nn.Module) -> None:
@@ -124,3 +132,34 @@ def block_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
     if any(t is None for t in captured):
         raise RuntimeError("the forward skipped a block's norm1; cannot read its tokens")
     tokens.extend(t for t in captured if t is not None)
+
+
+class EmbedDropoutTap(BackboneTap):
+    """A `BackboneTap` that, while `active`, applies dropout `p` to the embedded tokens (after the position
+    embedding, where the official code's embedding dropout sits), whatever the backbone's own `pos_drop` is.
+
+    The dropout is a forward hook on `pos_drop` that exists only during this tap's own pass, so the backbone
+    module (and whoever else uses it) is unchanged; it applies under `no_grad` too. Masks come from `generator`
+    when one is set (drawn on the CPU, as the query-dropout masks are), else from torch's global generator.
+    """
+
+    def __init__(self, model: nn.Module, p: float) -> None:
+        super().__init__(model)
+        self.p = float(p)
+        self.active = False
+        self.generator: torch.Generator | None = None
+
+    def _drop(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            return F.dropout(output, self.p, training=True)
+        keep = torch.empty(output.shape, dtype=output.dtype).bernoulli_(1.0 - self.p, generator=self.generator)
+        return output * keep.to(output.device) / (1.0 - self.p)
+
+    def forward(self, images: torch.Tensor) -> TapOutput:
+        if not self.active or self.p == 0:
+            return super().forward(images)
+        handle = self.model.pos_drop.register_forward_hook(self._drop)
+        try:
+            return super().forward(images)
+        finally:
+            handle.remove()

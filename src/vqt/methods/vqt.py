@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqt.backbone.query_path import Form, query_block_output
-from vqt.backbone.tap import BackboneTap, TapOutput
+from vqt.backbone.tap import BackboneTap, EmbedDropoutTap, TapOutput
 from vqt.methods.heads import init_head
 from vqt.methods.spec import VQT_GRID, MethodSpec, QueryConfig
 from vqt.precision import master_dtype
@@ -69,37 +69,6 @@ def combine_features(
     normalised = [F.normalize(pre_logits, dim=-1, eps=1e-12).expand(*lead, -1)]
     normalised += [F.normalize(piece.to(pre_logits.dtype), dim=-1, eps=1e-12) for piece in pieces]
     return torch.cat(normalised, dim=-1)
-
-
-class EmbedDropoutTap(BackboneTap):
-    """A `BackboneTap` that, while `active`, applies dropout `p` to the embedded tokens (after the position
-    embedding, where the official code's embedding dropout sits), whatever the backbone's own `pos_drop` is.
-
-    The dropout is a forward hook on `pos_drop` that exists only during this tap's own pass, so the backbone
-    module (and whoever else uses it) is unchanged; it applies under `no_grad` too. Masks come from `generator`
-    when one is set (drawn on the CPU, as the query-dropout masks are), else from torch's global generator.
-    """
-
-    def __init__(self, model: nn.Module, p: float = EMBED_DROPOUT) -> None:
-        super().__init__(model)
-        self.p = float(p)
-        self.active = False
-        self.generator: torch.Generator | None = None
-
-    def _drop(self, _module: nn.Module, _inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        if self.generator is None:
-            return F.dropout(output, self.p, training=True)
-        keep = torch.empty(output.shape, dtype=output.dtype).bernoulli_(1.0 - self.p, generator=self.generator)
-        return output * keep.to(output.device) / (1.0 - self.p)
-
-    def forward(self, images: torch.Tensor) -> TapOutput:
-        if not self.active or self.p == 0:
-            return super().forward(images)
-        handle = self.model.pos_drop.register_forward_hook(self._drop)
-        try:
-            return super().forward(images)
-        finally:
-            handle.remove()
 
 
 @contextmanager

@@ -35,9 +35,9 @@ from vqt.methods.vqt import VQT, seeded_embed_dropout
 from vqt.precision import autocast, to_master
 from vqt.protocol.accuracy import evaluate_images, store_features
 from vqt.training import GridConfig, History, Recipe, seed_init, train_grid, train_online
-from vqt.training.cached import fit_epochs, image_batches
 from vqt.training.ddp import fit_ddp
 from vqt.training.feeding import resolve_store_device, store_nbytes
+from vqt.training.loop import fit_epochs, image_batches
 from vqt.training.recipe import make_optimizer, seeded_query_dropout
 
 

@@ -29,14 +29,14 @@ from vqt.distributed.context import all_reduce_sum, world
 from vqt.distributed.shards import per_rank_batch, rank_slice
 from vqt.methods.vqt import VQT
 from vqt.precision import autocast, to_master
-from vqt.training.cached import History, fit_epochs, image_batches
+from vqt.training.loop import History, fit_epochs, image_batches
 from vqt.training.recipe import Recipe, make_optimizer
 
 
 class Logits(nn.Module):
     """The logits a method trains on, as the 1-process loops compute them (what DDP wraps and calls forward on).
 
-    VQT: the tap and query path under `precision`'s autocast, the head in fp32 (`vqt.training.cached.vqt_loss`);
+    VQT: the tap and query path under `precision`'s autocast, the head in fp32 (`vqt.training.trainers.vqt_loss`);
     other methods: the model under autocast, logits cast to fp32.
     """
 

@@ -16,6 +16,8 @@ from tqdm.auto import tqdm
 
 from vqt.methods.vqt import VQT
 from vqt.precision import autocast
+from vqt.training.feeding import AnyStore, feed_batches, place_store, sequential_batches
+from vqt.training.loop import model_device
 
 
 @dataclass
@@ -93,3 +95,29 @@ def evaluate_streaming(
     stacked = torch.stack([torch.cat(p).cpu() if p else torch.empty(0, dtype=torch.int64) for p in predictions])
     accuracies = [float((row == all_labels).double().mean()) if len(all_labels) else 0.0 for row in stacked]
     return EvalResult(accuracies=accuracies, predictions=stacked, labels=all_labels)
+
+
+@torch.no_grad()
+def evaluate_store(
+    models: Sequence[VQT],
+    store: AnyStore,
+    batch_size: int = 256,
+    *,
+    precision: str = "fp32",
+    store_device: str = "cpu",
+) -> list[float]:
+    """Accuracy of each model on a store (e.g. val200), reading the store once for all of them."""
+    for model in models:
+        model.eval()
+    if not models:
+        return []
+    device = model_device(models[0])
+    store = place_store(store, store_device, device)
+    correct = [torch.zeros((), dtype=torch.int64, device=model_device(model)) for model in models]
+    for tapped, labels in feed_batches(store, sequential_batches(len(store), batch_size), device):
+        for index, model in enumerate(models):
+            with autocast(precision, device):
+                features = model.features_from(tapped.to(model_device(model)))
+            logits = model.head(features.to(model.head.weight.dtype))
+            correct[index] += (logits.argmax(-1) == labels.to(logits.device)).sum()
+    return [int(c) / max(1, len(store)) for c in correct]

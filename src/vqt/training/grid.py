@@ -27,8 +27,8 @@ from vqt.backbone.tap import TapOutput
 from vqt.errors import VQTError
 from vqt.methods.vqt import VQT, combine_features
 from vqt.precision import autocast
-from vqt.training.cached import STORE_EMBED_DROPOUT, History, epoch_batches
 from vqt.training.feeding import AnyStore, feed_batches, place_store, sequential_batches
+from vqt.training.loop import History, epoch_batches
 from vqt.training.recipe import (
     Recipe,
     apply_dropout,
@@ -38,6 +38,7 @@ from vqt.training.recipe import (
     scaled_lr,
     seed_init,
 )
+from vqt.training.trainers import STORE_EMBED_DROPOUT
 
 
 @dataclass(frozen=True)
