@@ -1,10 +1,13 @@
-"""Atomic file writes: whatever the user made (adapters, stores, run results) is never left half-written."""
+"""The user's files: atomic writes (whatever the user made — adapters, stores, run results — is never left
+half-written) and reading a text file they named, every failure one line that names it."""
 
 from __future__ import annotations
 
 import os
 import secrets
 from pathlib import Path
+
+from vqt.errors import VQTError
 
 
 def _create_temp(directory: Path, name: str) -> tuple[int, Path]:
@@ -44,3 +47,19 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def read_user_text(path: str | Path, *, what: str = "file", error: type[VQTError] = VQTError,
+                   encoding: str = "utf-8", directory_hint: str = "") -> str:
+    """The text of a file the user named (`what`: "list file", "configuration file", ...); a missing file, a
+    directory, an unreadable file or one that is not UTF-8 text raises `error` in one line naming the file."""
+    try:
+        return Path(path).read_text(encoding=encoding)
+    except FileNotFoundError as failure:
+        raise error(f"{path}: {what} not found") from failure
+    except IsADirectoryError as failure:
+        raise error(f"{path}: {what} is a directory{directory_hint}") from failure
+    except UnicodeDecodeError as failure:
+        raise error(f"{path}: not a text file (not UTF-8: {failure.reason} at byte {failure.start})") from failure
+    except OSError as failure:
+        raise error(f"{path}: cannot read {what} ({failure.strerror or failure})") from failure

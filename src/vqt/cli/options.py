@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from vqt.errors import VQTError
+from vqt.io import read_user_text
 from vqt.protocol.validation import PRECISION_CHOICES, STORE_DEVICE_CHOICES
 
 
@@ -122,16 +123,9 @@ def add_options(parser: argparse.ArgumentParser, options: Sequence[Option]) -> N
 
 def load_yaml(path: Path) -> dict[str, Any]:
     """Read a configuration file; a missing, unreadable or malformed file is a user error, not a traceback."""
+    text = read_user_text(path, what="configuration file", directory_hint="; --config takes a YAML file")
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError as error:
-        raise VQTError(f"configuration file not found: {path}") from error
-    except IsADirectoryError as error:
-        raise VQTError(f"configuration file {path} is a directory; --config takes a YAML file") from error
-    except OSError as error:
-        raise VQTError(f"cannot read configuration file {path}: {error.strerror or error}") from error
-    except UnicodeDecodeError as error:
-        raise VQTError(f"configuration file {path} is not a text file (not UTF-8): {error.reason}") from error
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
         raise VQTError(f"configuration file {path} is not valid YAML: {error}") from error
     if not isinstance(data, dict):

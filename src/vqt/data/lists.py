@@ -29,6 +29,7 @@ from pathlib import Path
 from vqt.data.images import IMAGE_EXTENSIONS
 from vqt.data.registry import SPLITS, find_task
 from vqt.errors import DataError
+from vqt.io import read_user_text
 
 CLASSES_FILE = "classes.txt"
 _LABEL = re.compile(r"[+-]?[0-9]+")
@@ -280,14 +281,7 @@ def _walk_files(folder: Path) -> Iterator[Path]:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError as error:
-        raise DataError(f"{path}: file not found") from error
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start})") from error
-    except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror or error})") from error
+    return read_user_text(path, error=DataError, encoding="utf-8-sig")  # -sig: a byte-order mark is not text
 
 
 def _text_rows(path: Path) -> Iterator[tuple[int, tuple[str, int] | LineError]]:
