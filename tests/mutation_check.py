@@ -118,21 +118,13 @@ MUTANTS: tuple[Mutant, ...] = (
         (STORE, PROTOCOL_STORES), origin="review",
     ),
     Mutant(
-        "sweep_grid_chunk_any_done", SWEEP,
-        'if self.committed(dirs, tdir):\n                continue\n'
-        '            claim = self.claims.claim(self.claim_base(task.name, f"grid-',
+        "sweep_chunk_any_done", SWEEP,
+        'if self.committed(dirs, ctx.tdir):\n                continue\n'
+        '            claim = self.claims.claim(',
         'if any(unit_done(d) for d in dirs):\n                continue\n'
-        '            claim = self.claims.claim(self.claim_base(task.name, f"grid-',
-        "grid phase: a chunk is skipped on resume when any (not all) of its units committed",
-        (SWEEP_RESUME, "tests/protocol/test_end_to_end.py::test_killed_sweep_resumes"), origin="review",
-    ),
-    Mutant(
-        "sweep_seed_chunk_any_done", SWEEP,
-        'if self.committed(dirs, tdir):\n                continue\n'
-        '            claim = self.claims.claim(self.claim_base(task.name, f"seeds-',
-        'if any(unit_done(d) for d in dirs):\n                continue\n'
-        '            claim = self.claims.claim(self.claim_base(task.name, f"seeds-',
-        "seed phase: a chunk is skipped on resume when any (not all) of its seeds committed",
+        '            claim = self.claims.claim(',
+        "grid and seed phases (one chunk loop): a chunk is skipped on resume when any (not all) of its units "
+        "committed",
         (SWEEP_RESUME, "tests/protocol/test_end_to_end.py::test_killed_sweep_resumes"), origin="review",
     ),
     Mutant(

@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,23 @@ def chunks(items: Sequence[Any], size: int) -> list[list[Any]]:
     """A fixed partition (size 0: one chunk), so what trains together never depends on what is done."""
     size = size if size and size > 0 else max(1, len(items))
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+PHASE_WORDS = {"grid": "grid", "seeds": "seed"}  # how the log names a chunk of each phase
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What every phase of one task needs: where it writes, Q, the method's keyword arguments, its classes and
+    the recipe."""
+
+    task: TaskSpec
+    tdir: Path
+    queries: int
+    kwargs: dict[str, Any]
+    num_classes: int
+    names: list[str]
+    recipe: Recipe
 
 
 class Sweep:
@@ -324,133 +342,147 @@ class Sweep:
             return WORKED
 
     def _advance(self, task: TaskSpec) -> dict[str, Any] | str:
+        ctx = self.task_context(task)
         c = self.config
-        tdir = self.run_dir.path / "tasks" / task.name
+        # 1. the grid on train800, judged on val200 at the last epoch
+        configs = grid_configs([float(x) for x in c["lrs"]], [float(x) for x in c["wds"]], [int(c["grid_seed"])])
+        state = self.work_on_chunks(ctx, "grid", configs, lambda cfg: ctx.tdir / "grid" / unit_name(cfg),
+                                    self.train_grid_chunk)
+        if state is not None:
+            return state  # the seeds need the grid's choice
+        summary = self.grid_summary(ctx, configs)
+        if summary.get("status") == "failed":  # every grid configuration failed
+            return summary
+        # 2. the chosen configuration on train800val200, N seeds, evaluated on test at the last epoch
+        seeds = [GridConfig(summary["lr"], summary["weight_decay"], s) for s in range(int(c["seeds"]))]
+        state = self.work_on_chunks(ctx, "seeds", seeds, lambda cfg: ctx.tdir / "final" / f"seed{cfg.seed}",
+                                    lambda *unit: self.train_seed_chunk(*unit, best=summary))
+        if state is not None:
+            return state  # the task's summary needs every seed's test result
+        return self.final_summary(ctx, summary, seeds)
+
+    def task_context(self, task: TaskSpec) -> TaskContext:
+        c = self.config
         queries = self.queries_for(task)
         kwargs = get_method(self.method).kwargs(queries=queries, variant=c["variant"],
                                                query_dropout=c["query_dropout"])
         trainval_images = read_split(c["data_root"], task.name, "train800val200")
-        num_classes, names = trainval_images.num_classes, class_names(trainval_images)
-        recipe = self.recipe()
-        base = {"task": task.name}
+        return TaskContext(task, self.run_dir.path / "tasks" / task.name, queries, kwargs,
+                           trainval_images.num_classes, class_names(trainval_images), self.recipe())
 
-        # 1. the grid on train800, judged on val200 at the last epoch
-        configs = grid_configs([float(x) for x in c["lrs"]], [float(x) for x in c["wds"]], [int(c["grid_seed"])])
+    def work_on_chunks(self, ctx: TaskContext, phase: str, configs: list[GridConfig],
+                       unit_dir: Callable[[GridConfig], Path], train_chunk: Callable[..., None]) -> str | None:
+        """Train the first free chunk of `phase` (-> WORKED); WAITING when every unfinished chunk is held by a live
+        worker; None when all of them committed (the phase is done)."""
         pending = False
         for index, chunk in enumerate(chunks(configs, self.chunk_size())):
-            dirs = [tdir / "grid" / unit_name(cfg) for cfg in chunk]
-            if self.committed(dirs, tdir):
+            dirs = [unit_dir(cfg) for cfg in chunk]
+            if self.committed(dirs, ctx.tdir):
                 continue
-            claim = self.claims.claim(self.claim_base(task.name, f"grid-{index}"))
+            claim = self.claims.claim(self.claim_base(ctx.task.name, f"{phase}-{index}"))
             if claim is None:
                 pending = True  # a live worker trains it
                 continue
             with claim:
-                if self.committed(dirs, tdir):  # finished by another worker between the look and the claim
+                if self.committed(dirs, ctx.tdir):  # finished by another worker between the look and the claim
                     continue
-                log.info("task %s (%s): grid chunk %d", task.name, task.group, index)
+                log.info("task %s (%s): %s chunk %d", ctx.task.name, ctx.task.group, PHASE_WORDS[phase], index)
                 for d in dirs:
                     reset_unit(d)
-                trained = self.train_configs(task.name, "train800", chunk, num_classes, kwargs, recipe, validate=True)
-                for t, d in zip(trained, dirs, strict=True):
-                    ident = {**base, "phase": "grid", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
-                             "seed": t.config.seed}
-                    records = epoch_records(t, ident)
-                    write_jsonl(d / METRICS_FILE, records)
-                    tensorboard.log_unit(c["tensorboard"], d.relative_to(tdir.parent), records)
-                    final_val = None if t.failed else t.history.final_val_accuracy
-                    claim.check()  # not ours any more: leave the unit to the worker that took it over
-                    write_json(d / "result.json", {**ident, "status": "failed" if t.failed else "ok",
-                                                   "failure": t.failed, "val_accuracy": final_val})
-                    self.stopper.committed()  # a kill may land between two units of one chunk
+                train_chunk(ctx, chunk, dirs, claim)
             return WORKED
-        if pending:
-            return WAITING  # the seeds need the grid's choice
-        grid = [unit_done(tdir / "grid" / unit_name(cfg)) for cfg in configs]
+        return WAITING if pending else None
+
+    def commit_unit(self, ctx: TaskContext, directory: Path, records: list[dict[str, Any]], result: dict[str, Any],
+                    claim: Any) -> None:
+        """Write one unit's metrics.jsonl (and TensorBoard scalars), then its result.json: the commit."""
+        write_jsonl(directory / METRICS_FILE, records)
+        tensorboard.log_unit(self.config["tensorboard"], directory.relative_to(ctx.tdir.parent), records)
+        claim.check()  # not ours any more: leave the unit to the worker that took it over
+        write_json(directory / "result.json", result)
+        self.stopper.committed()  # a kill may land between two units of one chunk
+
+    def train_grid_chunk(self, ctx: TaskContext, chunk: list[GridConfig], dirs: list[Path], claim: Any) -> None:
+        trained = self.train_configs(ctx.task.name, "train800", chunk, ctx.num_classes, ctx.kwargs, ctx.recipe,
+                                     validate=True)
+        for t, d in zip(trained, dirs, strict=True):
+            ident = {"task": ctx.task.name, "phase": "grid", "lr": t.config.lr,
+                     "weight_decay": t.config.weight_decay, "seed": t.config.seed}
+            final_val = None if t.failed else t.history.final_val_accuracy
+            self.commit_unit(ctx, d, epoch_records(t, ident), {**ident, "status": "failed" if t.failed else "ok",
+                                                               "failure": t.failed, "val_accuracy": final_val}, claim)
+
+    def grid_summary(self, ctx: TaskContext, configs: list[GridConfig]) -> dict[str, Any]:
+        """The task's summary after the grid: the chosen lr / wd (status "failed" when every configuration did)."""
+        grid = [unit_done(ctx.tdir / "grid" / unit_name(cfg)) for cfg in configs]
         notes = [f"{sum(r['status'] == 'failed' for r in grid)} of {len(grid)} grid configurations failed "
                  "(non-finite loss)"] if any(r["status"] == "failed" for r in grid) else []
         ok = [r for r in grid if r["status"] == "ok"]
-        summary: dict[str, Any] = {"task": task.name, "group": task.group, "queries": queries if "num_queries" in
-                                   kwargs else None, "method": self.method, "num_classes": num_classes,
-                                   "grid": grid, "notes": notes}
+        summary: dict[str, Any] = {"task": ctx.task.name, "group": ctx.task.group,
+                                   "queries": ctx.queries if "num_queries" in ctx.kwargs else None,
+                                   "method": self.method, "num_classes": ctx.num_classes, "grid": grid,
+                                   "notes": notes}
         if not ok:
             summary.update(status="failed", lr=None, weight_decay=None, val_accuracy=None, test_mean=None,
                            test_std=None, seeds_done=0)
-            write_json(tdir / SUMMARY_FILE, summary)
+            write_json(ctx.tdir / SUMMARY_FILE, summary)
             return summary
         best = choose(ok)
         summary.update(lr=best["lr"], weight_decay=best["weight_decay"], val_accuracy=best["val_accuracy"])
+        return summary
 
-        # 2. the chosen configuration on train800val200, N seeds, evaluated on test at the last epoch
-        keep = self.keep_for(task)
-        seeds = [GridConfig(best["lr"], best["weight_decay"], s) for s in range(int(c["seeds"]))]
-        test_dataset = None
-        pending = False
-        for index, chunk in enumerate(chunks(seeds, self.chunk_size())):
-            dirs = [tdir / "final" / f"seed{cfg.seed}" for cfg in chunk]
-            if self.committed(dirs, tdir):
-                continue
-            claim = self.claims.claim(self.claim_base(task.name, f"seeds-{index}"))
-            if claim is None:
-                pending = True
-                continue
-            with claim:
-                if self.committed(dirs, tdir):
-                    continue
-                log.info("task %s (%s): seed chunk %d", task.name, task.group, index)
-                for d in dirs:
-                    reset_unit(d)
-                trained = self.train_configs(task.name, "train800val200", chunk, num_classes, kwargs, recipe,
-                                             validate=False)
-                models = [t.model for t in trained if t.model is not None]
-                compressed: list[nn.Module] = []
+    def train_seed_chunk(self, ctx: TaskContext, chunk: list[GridConfig], dirs: list[Path], claim: Any, *,
+                         best: dict[str, Any]) -> None:
+        c, recipe, keep = self.config, ctx.recipe, self.keep_for(ctx.task)
+        trained = self.train_configs(ctx.task.name, "train800val200", chunk, ctx.num_classes, ctx.kwargs, recipe,
+                                     validate=False)
+        models = [t.model for t in trained if t.model is not None]
+        compressed: list[nn.Module] = []
+        if keep is not None:
+            trainval = self.store(ctx.task.name, "train800val200")
+            effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
+            compressed = [compress(m, trainval, keep_fraction=keep, lr=effective,
+                                   weight_decay=best["weight_decay"], epochs=recipe.epochs,
+                                   group_lasso=float(c["group_lasso"]), seed=t.config.seed)
+                          for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]
+        accuracies = self.test_accuracies(ctx.task.name, models + compressed) if models else []
+        position = 0
+        for t, d in zip(trained, dirs, strict=True):
+            ident = {"task": ctx.task.name, "phase": "final", "lr": t.config.lr,
+                     "weight_decay": t.config.weight_decay, "seed": t.config.seed}
+            records = epoch_records(t, ident)
+            result = {**ident, "status": "failed" if t.failed else "ok", "failure": t.failed,
+                      "test_accuracy": None, "compressed_test_accuracy": None, "keep": keep}
+            if t.model is not None:
+                result["test_accuracy"] = accuracies[position]
+                extra = {"task": ctx.task.name, "seed": t.config.seed, "lr": t.config.lr,
+                         "weight_decay": t.config.weight_decay}
+                self.save(t.model, d / "adapter", ctx.kwargs, ctx.names, extra)
                 if keep is not None:
-                    trainval = self.store(task.name, "train800val200")
-                    effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
-                    compressed = [compress(m, trainval, keep_fraction=keep, lr=effective,
-                                           weight_decay=best["weight_decay"], epochs=recipe.epochs,
-                                           group_lasso=float(c["group_lasso"]), seed=t.config.seed)
-                                  for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]
-                if models and c["test_store"]:
-                    accuracies = evaluate_store_models(models + compressed, self.store(task.name, "test"),
-                                                       precision=c["precision"])
-                elif models:
-                    if test_dataset is None:
-                        test_dataset = make_dataset(read_split(c["data_root"], task.name, "test"), self.transform)
-                    accuracies = evaluate_images(models + compressed, test_dataset, batch_size=int(c["eval_batch"]),
-                                                 num_workers=int(c["num_workers"]), progress=self.progress,
-                                                 precision=c["precision"], distributed=False)
-                position = 0
-                for t, d in zip(trained, dirs, strict=True):
-                    ident = {**base, "phase": "final", "lr": t.config.lr, "weight_decay": t.config.weight_decay,
-                             "seed": t.config.seed}
-                    records = epoch_records(t, ident)
-                    result = {**ident, "status": "failed" if t.failed else "ok", "failure": t.failed,
-                              "test_accuracy": None, "compressed_test_accuracy": None, "keep": keep}
-                    if t.model is not None:
-                        result["test_accuracy"] = accuracies[position]
-                        extra = {"task": task.name, "seed": t.config.seed, "lr": t.config.lr,
-                                 "weight_decay": t.config.weight_decay}
-                        self.save(t.model, d / "adapter", kwargs, names, extra)
-                        if keep is not None:
-                            result["compressed_test_accuracy"] = accuracies[len(models) + position]
-                            self.save(compressed[position], d / "adapter-compressed", kwargs, names,
-                                      {**extra, "keep_fraction": keep})
-                        position += 1
-                    records.append({**ident, "kind": "test", "test_accuracy": result["test_accuracy"],
-                                    "compressed_test_accuracy": result["compressed_test_accuracy"]})
-                    write_jsonl(d / METRICS_FILE, records)
-                    tensorboard.log_unit(c["tensorboard"], d.relative_to(tdir.parent), records)
-                    claim.check()
-                    write_json(d / "result.json", result)
-                    self.stopper.committed()
-            return WORKED
-        if pending:
-            return WAITING  # the task's summary needs every seed's test result
-        finals = [unit_done(tdir / "final" / f"seed{cfg.seed}") for cfg in seeds]
+                    result["compressed_test_accuracy"] = accuracies[len(models) + position]
+                    self.save(compressed[position], d / "adapter-compressed", ctx.kwargs, ctx.names,
+                              {**extra, "keep_fraction": keep})
+                position += 1
+            records.append({**ident, "kind": "test", "test_accuracy": result["test_accuracy"],
+                            "compressed_test_accuracy": result["compressed_test_accuracy"]})
+            self.commit_unit(ctx, d, records, result, claim)
+
+    def test_accuracies(self, task: str, models: list[nn.Module]) -> list[float]:
+        """Each model's accuracy on the task's test split: from its feature store (`--test-store`) or its images."""
+        c = self.config
+        if c["test_store"]:
+            return evaluate_store_models(models, self.store(task, "test"), precision=c["precision"])
+        return evaluate_images(models, self.dataset(task, "test"), batch_size=int(c["eval_batch"]),
+                               num_workers=int(c["num_workers"]), progress=self.progress, precision=c["precision"],
+                               distributed=False)
+
+    def final_summary(self, ctx: TaskContext, summary: dict[str, Any], seeds: list[GridConfig]) -> dict[str, Any]:
+        """The task's summary once every seed committed: test mean ± std (and the compressed models')."""
+        keep = self.keep_for(ctx.task)
+        finals = [unit_done(ctx.tdir / "final" / f"seed{cfg.seed}") for cfg in seeds]
         done = [r for r in finals if r["status"] == "ok"]
         if len(done) < len(finals):
-            notes.append(f"{len(finals) - len(done)} of {len(finals)} seeds failed (non-finite loss)")
+            summary["notes"].append(f"{len(finals) - len(done)} of {len(finals)} seeds failed (non-finite loss)")
         mean, std = tables.mean_std([r["test_accuracy"] for r in done])
         summary.update(status="ok" if done else "failed", test_mean=mean, test_std=std, seeds_done=len(done),
                        seeds=[r["test_accuracy"] for r in finals], final=finals)
@@ -458,7 +490,7 @@ class Sweep:
             cmean, cstd = tables.mean_std([r["compressed_test_accuracy"] for r in done])
             summary["compressed"] = {"keep": keep, "test_mean": cmean, "test_std": cstd,
                                      "seeds": [r["compressed_test_accuracy"] for r in done]}
-        write_json(tdir / SUMMARY_FILE, summary)
+        write_json(ctx.tdir / SUMMARY_FILE, summary)
         return summary
 
     def save(self, model: nn.Module, directory: Path, kwargs: dict, names: list[str], extra: dict) -> None:
