@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vqt.checkpoint.trained import save_trained
 from vqt.data.lists import vtab_task_dir
-from vqt.data.tasks import check_data_root, class_names, make_dataset, read_split, resolve_task_list
+from vqt.data.tasks import TaskSpec, check_data_root, class_names, make_dataset, read_split, resolve_task_list
 from vqt.data.transforms import build_transform
 from vqt.errors import VQTError
 from vqt.methods.registry import get_method, method_grid
 from vqt.protocol.accuracy import evaluate_images
 from vqt.protocol.compression import compress, keep_fraction
-from vqt.protocol.fitting import make_recipe, train_online_configs, train_store_configs
-from vqt.protocol.setup import choose, epoch_records, load_backbone, resolve_compute, task_queries
+from vqt.protocol.fitting import Trained, make_recipe, train_online_configs, train_store_configs
+from vqt.protocol.setup import RunBackbone, choose, epoch_records, load_backbone, resolve_compute, task_queries
 from vqt.protocol.stores import task_store
 from vqt.protocol.sweep import SWEEP_DEFAULTS
 from vqt.protocol.validation import validate_config
@@ -28,7 +29,7 @@ from vqt.report import tensorboard
 from vqt.rundir import METRICS_FILE, SUMMARY_FILE, RunDir, unit_name, write_json, write_jsonl
 from vqt.training import GridConfig
 from vqt.training.grid import grid_configs
-from vqt.training.recipe import scaled_lr
+from vqt.training.recipe import Recipe, scaled_lr
 
 log = logging.getLogger("vqt.protocol")
 
@@ -58,6 +59,63 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 
 def run_train(config: dict[str, Any]) -> dict[str, Any]:
     """Python API of `vqt train`; returns the summary (accuracies as fractions)."""
+    c, method, task, online = resolve_train_config(config)
+    run = RunDir(c["out"])
+    if c["tensorboard"]:
+        tensorboard.require()
+    device = resolve_compute(c)
+    run.prepare(c, overwrite=bool(c["overwrite"]), kind="train")
+    started = time.time()
+    loaded = load_backbone(c, device)
+    kwargs = get_method(method).kwargs(queries=task_queries(c["queries"], task), variant=c["variant"],
+                                       query_dropout=c["query_dropout"])
+    train_images = read_split(c["data_root"], task.name, c["train_split"])
+    store_dir = Path(c["store_dir"]) if c["store_dir"] else run.path / "stores"
+
+    def store(split: str):
+        return task_store(loaded.backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,
+                          split=split, transform=loaded.transform, transform_description=loaded.description,
+                          store_dir=store_dir, dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
+                          num_workers=int(c["num_workers"]), progress=bool(c["progress"]),
+                          overwrite=bool(c["overwrite_stores"]), precision=c["precision"],
+                          shard=True)  # under torchrun every rank calls this: each extracts its shard
+
+    selection = None
+    if c["lr"] is None:
+        selection = choose_config(c, method, loaded.backbone, train_images.num_classes, kwargs, store)
+        c["lr"], c["wd"] = selection["lr"], selection["weight_decay"]
+    recipe = make_recipe(lr=float(c["lr"]), weight_decay=float(c["wd"]), batch_size=int(c["batch_size"]),
+                         epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]),
+                         eval_every=int(c["eval_every"]), seed=int(c["seed"]), data_seed=c["data_seed"])
+    ident = {"task": task.name, "phase": "train", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
+             "seed": recipe.seed}
+    trained, train_store = fit_one(c, method, task, online, loaded, kwargs, train_images, recipe, store)
+    records = epoch_records(trained, ident)
+    tb_run = f"{task.name}/train/{unit_name(trained.config)}_seed{recipe.seed}"
+    if trained.failed:
+        write_jsonl(run.path / METRICS_FILE, records)
+        tensorboard.log_unit(c["tensorboard"], tb_run, records)
+        write_json(run.path / SUMMARY_FILE, {"status": "failed", "failure": trained.failed, **ident})
+        raise VQTError(f"training stopped: {trained.failed} (lr {recipe.lr:g}, wd {recipe.weight_decay:g}); "
+                       "try a smaller --lr")
+    summary: dict[str, Any] = {"status": "complete", **ident, "method": method, "backbone": c["backbone"],
+                               "queries": kwargs.get("num_queries"), "transform": loaded.description,
+                               "precision": c["precision"],
+                               "val_accuracy": trained.history.final_val_accuracy, "eval_split": c["eval_split"]}
+    if selection is not None:
+        summary["lr_selection"] = selection
+    finish_run(c, method, task, run, loaded, kwargs, class_names(train_images), recipe, trained.model, train_store,
+               summary, records, ident)
+    summary["seconds"] = round(time.time() - started, 1)
+    write_jsonl(run.path / METRICS_FILE, records)
+    tensorboard.log_unit(c["tensorboard"], tb_run, records)
+    write_json(run.path / SUMMARY_FILE, summary)
+    return summary
+
+
+def resolve_train_config(config: dict[str, Any]) -> tuple[dict[str, Any], str, TaskSpec, bool]:
+    """The effective configuration, the method's canonical name, the task and whether it trains online; every
+    setting that cannot work is refused here, before any work."""
     c = {**TRAIN_DEFAULTS, **{k: v for k, v in config.items() if v is not None or k not in TRAIN_DEFAULTS}}
     validate_config(c)  # impossible settings refused before any work, naming the option
     if not c["task"]:
@@ -84,63 +142,38 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
         check_selection(c, task)
     elif c["wd"] is None:
         c["wd"] = DEFAULT_WD  # config.yaml records it; an unset lr is recorded unset (summary.json: the choice)
-    run = RunDir(c["out"])
-    if c["tensorboard"]:
-        tensorboard.require()
-    device = resolve_compute(c)
-    run.prepare(c, overwrite=bool(c["overwrite"]), kind="train")
-    started = time.time()
-    loaded = load_backbone(c, device)
-    backbone, size, transform, description = loaded.backbone, loaded.img_size, loaded.transform, loaded.description
-    queries = task_queries(c["queries"], task)
-    kwargs = get_method(method).kwargs(queries=queries, variant=c["variant"], query_dropout=c["query_dropout"])
-    train_images = read_split(c["data_root"], task.name, c["train_split"])
-    num_classes, names = train_images.num_classes, class_names(train_images)
-    store_dir = Path(c["store_dir"]) if c["store_dir"] else run.path / "stores"
+    return c, method, task, online
 
-    def store(split: str):
-        return task_store(backbone, backbone_spec=c["backbone"], data_root=c["data_root"], task=task.name,
-                          split=split, transform=transform, transform_description=description, store_dir=store_dir,
-                          dtype=c["store_dtype"], batch_size=int(c["extract_batch"]),
-                          num_workers=int(c["num_workers"]), progress=bool(c["progress"]),
-                          overwrite=bool(c["overwrite_stores"]), precision=c["precision"],
-                          shard=True)  # under torchrun every rank calls this: each extracts its shard
 
-    selection = None
-    if c["lr"] is None:
-        selection = choose_config(c, method, backbone, num_classes, kwargs, store)
-        c["lr"], c["wd"] = selection["lr"], selection["weight_decay"]
-    recipe = make_recipe(lr=float(c["lr"]), weight_decay=float(c["wd"]), batch_size=int(c["batch_size"]),
-                    epochs=int(c["epochs"]), warmup_epochs=int(c["warmup_epochs"]), eval_every=int(c["eval_every"]),
-                    seed=int(c["seed"]), data_seed=c["data_seed"])
-    ident = {"task": task.name, "phase": "train", "lr": recipe.lr, "weight_decay": recipe.weight_decay,
-             "seed": recipe.seed}
-    train_store = None
-
-    if online:  # the same trainer as an online sweep unit
-        train_transform = build_transform(c["transform"], backbone, img_size=size, train=bool(c["augment"]))[0]
-        val = make_dataset(read_split(c["data_root"], task.name, c["val_split"]), transform) if c["val_split"] else None
-        trained = train_online_configs(method, backbone, num_classes, kwargs,
-                                       make_dataset(train_images, train_transform),
-                                       [GridConfig(recipe.lr, recipe.weight_decay, recipe.seed)], recipe,
+def fit_one(c: dict[str, Any], method: str, task: TaskSpec, online: bool, loaded: RunBackbone, kwargs: dict,
+            train_images: Any, recipe: Recipe, store: Callable[[str], Any]) -> tuple[Trained, Any]:
+    """Train the one configuration: online from images (the trainer of an online sweep unit) or from the
+    stores; returns it and the training store (None online)."""
+    config = [GridConfig(recipe.lr, recipe.weight_decay, recipe.seed)]
+    num_classes = train_images.num_classes
+    if online:
+        train_transform = build_transform(c["transform"], loaded.backbone, img_size=loaded.img_size,
+                                          train=bool(c["augment"]))[0]
+        val = (make_dataset(read_split(c["data_root"], task.name, c["val_split"]), loaded.transform)
+               if c["val_split"] else None)
+        trained = train_online_configs(method, loaded.backbone, num_classes, kwargs,
+                                       make_dataset(train_images, train_transform), config, recipe,
                                        val_dataset=val, num_workers=int(c["num_workers"]),
                                        progress=bool(c["progress"]), precision=c["precision"])[0]
-    else:
-        train_store = store(c["train_split"])
-        val_store = store(c["val_split"]) if c["val_split"] else None
-        trained = train_store_configs(method, backbone, num_classes, kwargs, train_store,
-                                      [GridConfig(recipe.lr, recipe.weight_decay, recipe.seed)], recipe,
-                                      val_store=val_store, progress=bool(c["progress"]),
-                                      precision=c["precision"], store_device=c["store_device"])[0]
-    records = epoch_records(trained, ident)
-    tb_run = f"{task.name}/train/{unit_name(trained.config)}_seed{recipe.seed}"
-    if trained.failed:
-        write_jsonl(run.path / METRICS_FILE, records)
-        tensorboard.log_unit(c["tensorboard"], tb_run, records)
-        write_json(run.path / SUMMARY_FILE, {"status": "failed", "failure": trained.failed, **ident})
-        raise VQTError(f"training stopped: {trained.failed} (lr {recipe.lr:g}, wd {recipe.weight_decay:g}); "
-                       "try a smaller --lr")
-    model = trained.model
+        return trained, None
+    train_store = store(c["train_split"])
+    val_store = store(c["val_split"]) if c["val_split"] else None
+    trained = train_store_configs(method, loaded.backbone, num_classes, kwargs, train_store, config, recipe,
+                                  val_store=val_store, progress=bool(c["progress"]), precision=c["precision"],
+                                  store_device=c["store_device"])[0]
+    return trained, train_store
+
+
+def finish_run(c: dict[str, Any], method: str, task: TaskSpec, run: RunDir, loaded: RunBackbone, kwargs: dict,
+               names: list[str], recipe: Recipe, model: Any, train_store: Any, summary: dict[str, Any],
+               records: list[dict[str, Any]], ident: dict[str, Any]) -> None:
+    """Compress (with --compress), evaluate on --eval-split and save the adapter(s); fills `summary` and
+    `records` in place."""
     keep = keep_fraction(c["compress"], task)
     models = [model]
     if keep is not None and train_store is not None:
@@ -148,14 +181,8 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                                lr=scaled_lr(recipe.lr, recipe.batch_size, recipe.scale_lr),
                                weight_decay=recipe.weight_decay, epochs=recipe.epochs,
                                group_lasso=float(c["group_lasso"]), seed=recipe.seed))
-    summary: dict[str, Any] = {"status": "complete", **ident, "method": method, "backbone": c["backbone"],
-                               "queries": kwargs.get("num_queries"), "transform": description,
-                               "precision": c["precision"],
-                               "val_accuracy": trained.history.final_val_accuracy, "eval_split": c["eval_split"]}
-    if selection is not None:
-        summary["lr_selection"] = selection
     if c["eval_split"]:
-        dataset = make_dataset(read_split(c["data_root"], task.name, c["eval_split"]), transform)
+        dataset = make_dataset(read_split(c["data_root"], task.name, c["eval_split"]), loaded.transform)
         accuracies = evaluate_images(models, dataset, batch_size=int(c["eval_batch"]),
                                      num_workers=int(c["num_workers"]), progress=bool(c["progress"]),
                                      precision=c["precision"])
@@ -166,17 +193,12 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
                         "compressed_accuracy": accuracies[1] if len(accuracies) > 1 else None})
     extra = {"task": task.name, "seed": recipe.seed, "lr": recipe.lr, "weight_decay": recipe.weight_decay}
     save_trained(model, run.path / "adapter", method=method, kwargs=kwargs, backbone_spec=c["backbone"],
-                 transform=description, class_names=names, extra=extra)
+                 transform=loaded.description, class_names=names, extra=extra)
     if len(models) > 1:
         save_trained(models[1], run.path / "adapter-compressed", method=method, kwargs=kwargs,
-                     backbone_spec=c["backbone"], transform=description, class_names=names,
+                     backbone_spec=c["backbone"], transform=loaded.description, class_names=names,
                      extra={**extra, "keep_fraction": keep})
         summary["keep"] = keep
-    summary["seconds"] = round(time.time() - started, 1)
-    write_jsonl(run.path / METRICS_FILE, records)
-    tensorboard.log_unit(c["tensorboard"], tb_run, records)
-    write_json(run.path / SUMMARY_FILE, summary)
-    return summary
 
 
 def online_default_lr(method: str) -> float:
