@@ -136,7 +136,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "trainval_parts_unchecked", DATA,
-        "store = open_store(task_dir / split, request.expect(task, split, part_images))",
+        "store = open_store(task_dir / split, requests.expect(task, split, part_images))",
         "store = open_store(task_dir / split)",
         "train800val200 assembled from train800/val200 opened without the request's metadata",
         (PROTOCOL_STORES,), origin="review",
@@ -144,7 +144,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- protocol data: a stronger variant
     Mutant(
         "trainval_parts_and_result_unchecked", DATA,
-        "    store = open_store(task_dir / split, request.expect(task, split, part_images))\n",
+        "    store = open_store(task_dir / split, requests.expect(task, split, part_images))\n",
         "    store = open_store(task_dir / split)\n            expect = None\n",
         "train800val200: neither the parts nor the assembled store are checked against the request",
         (PROTOCOL_STORES,),

@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from queue import Queue
 from typing import Any
@@ -26,7 +27,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from vqt.backbone.sources import describe, weights_fingerprint
 from vqt.backbone.tap import BackboneTap
 from vqt.distributed.context import (
     DistributedError,
@@ -38,6 +38,7 @@ from vqt.distributed.context import (
 )
 from vqt.distributed.shards import contiguous_shard
 from vqt.errors import StoreError, first_line
+from vqt.features.request import StoreRequest
 from vqt.features.store import (
     COMPLETE_FILE,
     DTYPES,
@@ -56,17 +57,11 @@ from vqt.features.store import (
     open_store,
     rank_progress_file,
     read_meta,
-    store_meta,
     written_ranges,
 )
 from vqt.precision import autocast, resolve_precision
 
 STORE_FILES = (COMPLETE_FILE, PROGRESS_FILE, TOKENS_FILE, PRE_LOGITS_FILE, LABELS_FILE, META_FILE)
-
-
-def num_tokens(model: nn.Module) -> int:
-    """N, the ordinary tokens a block sees: prefix tokens (CLS, registers) plus patches."""
-    return int(model.patch_embed.num_patches) + int(model.num_prefix_tokens)
 
 
 def request_meta(
@@ -80,24 +75,10 @@ def request_meta(
     fingerprint: str | None = None,
     precision: str = "fp32",
 ) -> dict[str, Any]:
-    """The metadata a store for this request has; pass it as `expect` to `open_store` to check a store.
-
-    `precision` is the resolved compute precision of the backbone pass ('fp32' or 'bf16'): recorded and compared,
-    since bf16 features differ from fp32 ones (the storage `dtype` is a separate field)."""
-    model = backbone_or_tap.model if isinstance(backbone_or_tap, BackboneTap) else backbone_or_tap
-    architecture = describe(model)
-    return store_meta(
-        backbone_spec=backbone_spec,
-        weights_sha256=fingerprint or weights_fingerprint(model),
-        architecture=architecture,
-        img_size=architecture["img_size"],
-        transform=transform,
-        dataset_meta=dataset_meta,
-        count=count,
-        dtype=dtype,
-        num_tokens=num_tokens(model),
-        precision=precision,
-    )
+    """The metadata a store for this request has; pass it as `expect` to `open_store` to check a store
+    (`StoreRequest(...).meta(backbone, count)` spelled out)."""
+    return StoreRequest(backbone_spec, transform, dataset_meta, dtype, precision, fingerprint).meta(backbone_or_tap,
+                                                                                                   count)
 
 
 def _remove_store(path: Path) -> None:
@@ -112,9 +93,9 @@ def extract_features(
     dataset: Dataset,
     out_dir: str | Path,
     *,
-    backbone_spec: str,
-    transform: Mapping[str, Any],
-    dataset_meta: Mapping[str, Any],
+    backbone_spec: str | None = None,
+    transform: Mapping[str, Any] | None = None,
+    dataset_meta: Mapping[str, Any] | None = None,
     dtype: str = "float16",
     batch_size: int = 64,
     num_workers: int = 0,
@@ -126,6 +107,7 @@ def extract_features(
     fingerprint: str | None = None,
     precision: str = "fp32",
     shard: bool = False,
+    request: StoreRequest | None = None,
 ) -> FeatureStore:
     """Extract (or resume, or reuse) the feature store of `dataset` under `out_dir`.
 
@@ -147,50 +129,32 @@ def extract_features(
             split across them, each rank writes its own rows of the one store, rank 0 the metadata and the
             completion marker (docs/distributed.md). False (default, or outside torchrun): this process alone
             extracts the whole store.
+        request: the store's whole request in one value (`vqt.features.request.StoreRequest`), in place of
+            `backbone_spec`, `transform`, `dataset_meta`, `dtype`, `fingerprint` and `precision`.
 
     Returns:
         The complete store, opened and checked. An existing complete store of the same request is reused as is;
         an existing store of another request raises `StoreError` naming the differing field.
     """
-    check_dtype(dtype)
+    if request is None:
+        if backbone_spec is None or transform is None or dataset_meta is None:
+            raise TypeError("extract_features needs request= or backbone_spec=, transform= and dataset_meta=")
+        request = StoreRequest(backbone_spec, dict(transform), dict(dataset_meta), dtype, precision, fingerprint)
+    check_dtype(request.dtype)
     tap = backbone_or_tap if isinstance(backbone_or_tap, BackboneTap) else BackboneTap(backbone_or_tap)
     tap.eval()
     if device is None:
         device = next(tap.model.parameters()).device
-    precision = resolve_precision(precision, device)
+    request = replace(request, precision=resolve_precision(request.precision, device))
+    precision, dtype = request.precision, request.dtype
     out = Path(out_dir)
     count = len(dataset)  # type: ignore[arg-type]
-    meta = request_meta(
-        tap,
-        backbone_spec=backbone_spec,
-        transform=transform,
-        dataset_meta=dataset_meta,
-        count=count,
-        dtype=dtype,
-        fingerprint=fingerprint,
-        precision=precision,
-    )
+    meta = request.meta(tap, count)
     expect = compared_fields(meta)
 
     ctx = current()
     sharded = shard and ctx.distributed
-    complete, failed = False, None
-    if ctx.is_main or not sharded:  # rank 0 alone checks, replaces or creates the files, then tells the others
-        try:
-            complete = _prepare(out, meta, expect, overwrite)
-        except (StoreError, OSError) as error:
-            if not sharded:
-                raise
-            failed = error
-    if sharded:
-        complete, message = broadcast_object(
-            (complete, None if failed is None else first_line(failed)), f"the state of feature store {out}"
-        )
-        if failed is not None:
-            raise failed
-        if message is not None:
-            raise StoreError(f"rank 0 could not prepare feature store {out}: {message}")
-    if complete:
+    if _prepare_on_rank_0(out, meta, expect, overwrite, sharded):
         return open_store(out, expect)
 
     # This process's rows: all of them, or under torchrun a contiguous shard of whole chunks of whole batches
@@ -235,6 +199,30 @@ def extract_features(
     if sharded:
         barrier(f"the completion marker of feature store {out}")
     return open_store(out, expect)
+
+
+def _prepare_on_rank_0(out: Path, meta: dict[str, Any], expect: dict[str, Any], overwrite: bool,
+                       sharded: bool) -> bool:
+    """Check, replace or create the store's files — on rank 0 alone when `sharded`, which then tells the others
+    — and say whether a complete store of this request is there already."""
+    ctx = current()
+    complete, failed = False, None
+    if ctx.is_main or not sharded:
+        try:
+            complete = _prepare(out, meta, expect, overwrite)
+        except (StoreError, OSError) as error:
+            if not sharded:
+                raise
+            failed = error
+    if sharded:
+        complete, message = broadcast_object(
+            (complete, None if failed is None else first_line(failed)), f"the state of feature store {out}"
+        )
+        if failed is not None:
+            raise failed
+        if message is not None:
+            raise StoreError(f"rank 0 could not prepare feature store {out}: {message}")
+    return complete
 
 
 def _resume_point(out: Path, rows: range) -> int:

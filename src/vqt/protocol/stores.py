@@ -20,7 +20,7 @@ from vqt.distributed.context import broadcast_object, current
 from vqt.errors import StoreError, os_error_message
 from vqt.features import FeatureStore, extract_features, is_complete, open_store
 from vqt.features.assemble import assemble_store
-from vqt.features.extract import request_meta
+from vqt.features.request import StoreRequest
 from vqt.features.store import META_FILE, check_meta, compared_fields, read_meta
 
 log = logging.getLogger("vqt.protocol")
@@ -56,45 +56,47 @@ def task_store(
     """
     images = read_split(data_root, task, split)
     out = Path(out) if out is not None else Path(store_dir) / task / split
-    request = StoreRequest(backbone, backbone_spec, transform_description, dtype, precision)
+    requests = SplitRequests(backbone, backbone_spec, transform_description, dtype, precision)
     try:
         if split == "train800val200" and store_dir is not None:
             assembled = _on_rank_0(
                 lambda: None if is_complete(out) else _assemble_from_parts(
-                    images, out, data_root, task, Path(store_dir) / task, request, overwrite),
+                    images, out, data_root, task, Path(store_dir) / task, requests, overwrite),
                 shard, f"the assembly of feature store {out}")
             if assembled is not None:
                 return assembled
-        return _extract(backbone, images, out, backbone_spec, task, split, transform, transform_description, dtype,
-                        batch_size, num_workers, progress, overwrite, request.fingerprint, precision, shard)
+        return extract_features(backbone, make_dataset(images, transform), out,
+                                request=requests.request(task, split, images), batch_size=batch_size,
+                                num_workers=num_workers, progress=progress, overwrite=overwrite, shard=shard)
     except StoreError as error:
         raise StoreError(str(error).replace("(or pass overwrite=True to replace it)", f"({overwrite_hint})")
                          ) from error
 
 
-class StoreRequest:
-    """What a store must have been made from, for any split: `expect(...)` gives the metadata to check."""
+class SplitRequests:
+    """The request every split of one task's stores is checked against (`vqt.features.request.StoreRequest`),
+    the backbone's weights hashed once for all of them."""
 
     def __init__(self, backbone: nn.Module, backbone_spec: str, transform_description: Mapping[str, Any],
                  dtype: str, precision: str = "fp32") -> None:
-        self.backbone, self.backbone_spec = backbone, backbone_spec
-        self.transform_description, self.dtype, self.precision = dict(transform_description), dtype, precision
-        self.fingerprint = weights_fingerprint(backbone)  # hashed once for all the splits it checks
+        self.backbone = backbone
+        self.base = StoreRequest(backbone_spec, dict(transform_description), {}, dtype, precision,
+                                 weights_fingerprint(backbone))
+
+    def request(self, task: str, split: str, images: ImageList) -> StoreRequest:
+        return self.base.for_split(dataset_meta(task, split, images))
 
     def expect(self, task: str, split: str, images: ImageList) -> dict[str, Any]:
-        meta = request_meta(self.backbone, backbone_spec=self.backbone_spec, transform=self.transform_description,
-                            dataset_meta=dataset_meta(task, split, images), count=len(images), dtype=self.dtype,
-                            fingerprint=self.fingerprint, precision=self.precision)
-        return compared_fields(meta)
+        return compared_fields(self.request(task, split, images).meta(self.backbone, len(images)))
 
 
 def _assemble_from_parts(
-    images: ImageList, out: Path, data_root: str | Path, task: str, task_dir: Path, request: StoreRequest,
+    images: ImageList, out: Path, data_root: str | Path, task: str, task_dir: Path, requests: SplitRequests,
     overwrite: bool,
 ) -> FeatureStore | None:
     """train800val200 from the complete train800 and val200 stores when both were made for this request and
     its entries are exactly theirs; None (extract instead) otherwise."""
-    expect = request.expect(task, "train800val200", images)
+    expect = requests.expect(task, "train800val200", images)
     if (out / META_FILE).is_file() and not overwrite:
         check_meta(read_meta(out), expect, out)  # a half-written store of another request: refuse, as extraction does
     parts, rows_of = [], {}
@@ -103,7 +105,7 @@ def _assemble_from_parts(
             return None
         part_images = read_split(data_root, task, split)
         try:
-            store = open_store(task_dir / split, request.expect(task, split, part_images))
+            store = open_store(task_dir / split, requests.expect(task, split, part_images))
         except StoreError as error:
             log.info("%s/train800val200: not assembled (%s)", task, error)
             return None
@@ -115,28 +117,6 @@ def _assemble_from_parts(
         return None
     log.info("%s/train800val200: assembled from the train800 and val200 stores (no backbone pass)", task)
     return assemble_store(parts, rows, out, dataset_meta(task, "train800val200", images), expect=expect)
-
-
-def _extract(backbone: nn.Module, images: ImageList, out: Path, backbone_spec: str, task: str, split: str,
-             transform: Callable[[Any], Any], transform_description: Mapping[str, Any], dtype: str,
-             batch_size: int, num_workers: int, progress: bool, overwrite: bool, fingerprint: str,
-             precision: str = "fp32", shard: bool = False) -> FeatureStore:
-    return extract_features(
-        backbone,
-        make_dataset(images, transform),
-        out,
-        backbone_spec=backbone_spec,
-        transform=dict(transform_description),
-        dataset_meta=dataset_meta(task, split, images),
-        dtype=dtype,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        progress=progress,
-        overwrite=overwrite,
-        fingerprint=fingerprint,
-        precision=precision,
-        shard=shard,
-    )
 
 
 def _on_rank_0(job: Callable[[], FeatureStore | None], together: bool, what: str) -> FeatureStore | None:
