@@ -91,11 +91,53 @@ def model_card(directory: str | Path, repo_id: str | None = None, config: dict[s
     """The README.md of an adapter folder (YAML front matter for the Hub, then what it is and how to load it)."""
     directory = Path(directory)
     config = config if config is not None else read_config(directory, verify_weights=True)
-    method = config.get("method", "vqt")
-    backbone = config.get("backbone", "?")
-    task = config.get("task")
+    method, backbone, task = config.get("method", "vqt"), config.get("backbone", "?"), config.get("task")
     base = base_model(backbone)
     is_adapter = config.get("format") == ADAPTER_FORMAT
+    where = f"hf-hub:{repo_id}" if repo_id else "hf-hub:OWNER/NAME"
+    title = f"{method} adapter" + (f" for `{task}`" if task else "") + f" on `{backbone}`"
+    loader = ("import vqt\n\nmodel = vqt.load_adapter(\"{w}\")   # or vqt.load_adapter(\"{w}@REVISION\")\n"
+              if is_adapter else "import vqt\n\nmodel, config = vqt.load_trained(\"{w}\")\n").format(w=where)
+    lines = [
+        "---",
+        yaml.safe_dump(card_metadata(config, base), sort_keys=False).rstrip(),
+        "---",
+        CARD_MARKER,
+        "",
+        f"# {title}",
+        "",
+        ("A [Visual Query Tuning](https://arxiv.org/abs/2212.03220) (Tu, Mai, Chao, CVPR 2023) adapter made with "
+         "the `vqt` library: only the queries, their combiner weights and the linear head are stored here"
+         if is_adapter else f"A `{method}` model trained with the `vqt` library (Visual Query Tuning and its "
+         f"baselines): only its trained parameters are stored here") +
+        "; the backbone is re-created from its spelling when the adapter is loaded.",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {key} | {value} |" for key, value in card_rows(directory, config, base)),
+        "",
+        "## Use it",
+        "",
+        "```bash",
+        f"pip install {DISTRIBUTION}   # the command and the Python package are `vqt` (not PyPI's unrelated `vqt`)",
+        f"vqt predict {where} my_images/ --top-k 5",
+        f"vqt eval {where} --data-root DATA --task {task or 'TASK'} --split test",
+        "```",
+        "",
+        "```python",
+        loader.rstrip(),
+        "```",
+        "",
+        "Loading checks what a local load checks: a backbone of another shape or other weights, a corrupt weights "
+        "file and, when asked for (`num_queries=`), another Q are refused with a one-line error.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def card_metadata(config: dict[str, Any], base: str | None) -> dict[str, Any]:
+    """The card's YAML front matter: library, tags (method, task) and the base model the Hub links to."""
+    method, task = config.get("method", "vqt"), config.get("task")
     meta: dict[str, Any] = {
         "library_name": DISTRIBUTION,
         "tags": ["vqt", "visual-query-tuning", "image-classification", "timm", *([method] if method != "vqt" else []),
@@ -104,6 +146,12 @@ def model_card(directory: str | Path, repo_id: str | None = None, config: dict[s
     }
     if base:
         meta["base_model"] = base
+    return meta
+
+
+def card_rows(directory: Path, config: dict[str, Any], base: str | None) -> list[tuple[str, str]]:
+    """The card's table: backbone, method, task, classes, accuracy, Q, trainable parameters, input, files."""
+    method, backbone, task = config.get("method", "vqt"), config.get("backbone", "?"), config.get("task")
     queries = config.get("num_queries") or (config.get("method_kwargs") or {}).get("num_queries")
     if isinstance(queries, list):
         q_text = (f"{queries[0]} per layer ({len(queries)} layers)" if len(set(queries)) == 1
@@ -118,7 +166,6 @@ def model_card(directory: str | Path, repo_id: str | None = None, config: dict[s
                                             if len(counts) > 1 else "")
     accuracy = known_accuracy(directory, config)
     arch = config.get("architecture") or {}
-    where = f"hf-hub:{repo_id}" if repo_id else "hf-hub:OWNER/NAME"
     backbone_note = {
         "file": " — weights from a local checkpoint file: loading needs the same file at the same path",
         "random": " — random weights (seed 0): a test adapter",
@@ -149,44 +196,7 @@ def model_card(directory: str | Path, repo_id: str | None = None, config: dict[s
     if arch:
         rows.append(("backbone shape", f"width {arch.get('embed_dim')}, depth {arch.get('depth')}, "
                                        f"{arch.get('num_heads')} heads, patch {arch.get('patch_size')}"))
-    title = f"{method} adapter" + (f" for `{task}`" if task else "") + f" on `{backbone}`"
-    loader = ("import vqt\n\nmodel = vqt.load_adapter(\"{w}\")   # or vqt.load_adapter(\"{w}@REVISION\")\n"
-              if is_adapter else "import vqt\n\nmodel, config = vqt.load_trained(\"{w}\")\n").format(w=where)
-    lines = [
-        "---",
-        yaml.safe_dump(meta, sort_keys=False).rstrip(),
-        "---",
-        CARD_MARKER,
-        "",
-        f"# {title}",
-        "",
-        ("A [Visual Query Tuning](https://arxiv.org/abs/2212.03220) (Tu, Mai, Chao, CVPR 2023) adapter made with "
-         "the `vqt` library: only the queries, their combiner weights and the linear head are stored here"
-         if is_adapter else f"A `{method}` model trained with the `vqt` library (Visual Query Tuning and its "
-         f"baselines): only its trained parameters are stored here") +
-        "; the backbone is re-created from its spelling when the adapter is loaded.",
-        "",
-        "| | |",
-        "|---|---|",
-        *(f"| {key} | {value} |" for key, value in rows),
-        "",
-        "## Use it",
-        "",
-        "```bash",
-        f"pip install {DISTRIBUTION}   # the command and the Python package are `vqt` (not PyPI's unrelated `vqt`)",
-        f"vqt predict {where} my_images/ --top-k 5",
-        f"vqt eval {where} --data-root DATA --task {task or 'TASK'} --split test",
-        "```",
-        "",
-        "```python",
-        loader.rstrip(),
-        "```",
-        "",
-        "Loading checks what a local load checks: a backbone of another shape or other weights, a corrupt weights "
-        "file and, when asked for (`num_queries=`), another Q are refused with a one-line error.",
-        "",
-    ]
-    return "\n".join(lines)
+    return rows
 
 
 def write_model_card(directory: str | Path, repo_id: str | None = None, config: dict[str, Any] | None = None
