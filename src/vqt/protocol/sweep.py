@@ -211,7 +211,7 @@ class Sweep:
         """`store(task, split)` where VQT's trainers read it: made resident on the device once per task and split
         (`--store-device`), not once per grid chunk; one task's stores at a time."""
         store = self.store(task, split)
-        if self.method != "vqt":
+        if get_method(self.method).training != "store-grid":  # only the one-pass grid reads it on the device
             return store
         key = (task, split)
         if key not in self.placed:
