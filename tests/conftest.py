@@ -35,3 +35,16 @@ def data_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("vtab")
     synth(root, "dsprites_ori,clevr_count")
     return root
+
+
+@pytest.fixture(scope="module")
+def shapes_root(tmp_path_factory) -> Path:
+    """dsprites_ori, and `my_shapes`: a user's own task (a copy under a name outside the VTAB-1k registry)."""
+    import shutil
+
+    from tests.helpers import synth
+
+    root = tmp_path_factory.mktemp("vtab")
+    synth(root, "dsprites_ori")
+    shutil.copytree(root / "dsprites_ori", root / "my_shapes")
+    return root

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import sweep_args, synth
+from tests.helpers import sweep_args
 from vqt.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """dsprites_ori, and `my_shapes`: a user's own task (a copy under a name outside the VTAB-1k registry)."""
-    root = tmp_path_factory.mktemp("vtab")
-    synth(root, "dsprites_ori")
-    shutil.copytree(root / "dsprites_ori", root / "my_shapes")
-    return root
 
 
 def _sweep_config(*argv: str, config: Path | None = None) -> dict:
@@ -70,14 +60,14 @@ def test_list_option_help_and_errors(capsys) -> None:
     assert "argument --lrs: expected numbers separated by commas" in capsys.readouterr().err
 
 
-def test_space_separated_grid_on_the_command_line(data_root: Path, tmp_path: Path, capsys) -> None:
+def test_space_separated_grid_on_the_command_line(shapes_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "spaces"
-    args = sweep_args(data_root, out)
+    args = sweep_args(shapes_root, out)
     args[args.index("--lrs") + 1: args.index("--lrs") + 2] = ["1.0", "0.1"]
     args[args.index("--wds") + 1: args.index("--wds") + 2] = ["0.001", "0"]
     assert main(args) == 0
     assert len(list((out / "tasks" / "dsprites_ori" / "grid").glob("*/result.json"))) == 4
     capsys.readouterr()
     # The same run as the comma spelling: rerun that way, it is this finished run.
-    assert main(sweep_args(data_root, out)) == 0
+    assert main(sweep_args(shapes_root, out)) == 0
     assert "already holds this finished sweep run" in capsys.readouterr().out

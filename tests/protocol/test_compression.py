@@ -3,38 +3,28 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import BACKBONE, TINY, sweep_args, synth
+from tests.helpers import BACKBONE, TINY, sweep_args
 from vqt.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """dsprites_ori, and `my_shapes`: a user's own task (a copy under a name outside the VTAB-1k registry)."""
-    root = tmp_path_factory.mktemp("vtab")
-    synth(root, "dsprites_ori")
-    shutil.copytree(root / "dsprites_ori", root / "my_shapes")
-    return root
-
-
-def train_args(data_root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", *BACKBONE, "--data-root", str(data_root), "--task", "dsprites_ori", *TINY, "--out", str(out),
+def train_args(shapes_root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", *BACKBONE, "--data-root", str(shapes_root), "--task", "dsprites_ori", *TINY, "--out", str(out),
             *extra]
 
 
 @pytest.mark.parametrize("command", ["train", "sweep"])
-def test_official_compression_on_a_user_task_is_refused(data_root: Path, tmp_path: Path, capsys,
+def test_official_compression_on_a_user_task_is_refused(shapes_root: Path, tmp_path: Path, capsys,
                                                         command: str) -> None:
     """'official' is VTAB-1k's per-task rule: on a folder outside the registry it once did nothing, silently."""
     out = tmp_path / "o"
-    args = (["train", *train_args(data_root, out, "--compress", "official")[1:]] if command == "train"
-            else sweep_args(data_root, out, "dsprites_ori,my_shapes", "--compress", "official"))
+    args = (["train", *train_args(shapes_root, out, "--compress", "official")[1:]] if command == "train"
+            else sweep_args(shapes_root, out, "dsprites_ori,my_shapes", "--compress", "official"))
     if command == "train":
         args[args.index("--task") + 1] = "my_shapes"
     assert main(args) == 2
@@ -43,8 +33,8 @@ def test_official_compression_on_a_user_task_is_refused(data_root: Path, tmp_pat
     assert not out.exists()  # refused before any work
 
 
-def test_a_keep_fraction_compresses_a_user_task(data_root: Path, tmp_path: Path, capsys) -> None:
-    args = train_args(data_root, tmp_path / "o", "--compress", "0.5")
+def test_a_keep_fraction_compresses_a_user_task(shapes_root: Path, tmp_path: Path, capsys) -> None:
+    args = train_args(shapes_root, tmp_path / "o", "--compress", "0.5")
     args[args.index("--task") + 1] = "my_shapes"
     assert main(args) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())

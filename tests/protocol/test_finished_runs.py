@@ -6,39 +6,29 @@ Same tiny setting as tests/protocol/test_end_to_end.py (random ViT at 32 px, 2 e
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import BACKBONE, TINY, sweep_args, synth
+from tests.helpers import BACKBONE, TINY, sweep_args
 from vqt.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """dsprites_ori, and `my_shapes`: a user's own task (a copy under a name outside the VTAB-1k registry)."""
-    root = tmp_path_factory.mktemp("vtab")
-    synth(root, "dsprites_ori")
-    shutil.copytree(root / "dsprites_ori", root / "my_shapes")
-    return root
-
-
-def train_args(data_root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", *BACKBONE, "--data-root", str(data_root), "--task", "dsprites_ori", *TINY, "--out", str(out),
+def train_args(shapes_root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", *BACKBONE, "--data-root", str(shapes_root), "--task", "dsprites_ori", *TINY, "--out", str(out),
             *extra]
 
 
-def test_finished_sweep_rerun_prints_its_table(data_root: Path, tmp_path: Path, capsys) -> None:
+def test_finished_sweep_rerun_prints_its_table(shapes_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "run"
-    assert main(sweep_args(data_root, out)) == 0
+    assert main(sweep_args(shapes_root, out)) == 0
     first = capsys.readouterr().out
     stamp = (out / "summary.json").stat().st_mtime_ns
 
     # Same options (a non-semantic one may differ): the finished run's table, exit 0, nothing redone.
-    assert main(sweep_args(data_root, out, "dsprites_ori", "--device", "cpu")) == 0
+    assert main(sweep_args(shapes_root, out, "dsprites_ori", "--device", "cpu")) == 0
     captured = capsys.readouterr()
     assert captured.err == ""
     assert "already holds this finished sweep run" in captured.out and "--overwrite" in captured.out
@@ -46,31 +36,31 @@ def test_finished_sweep_rerun_prints_its_table(data_root: Path, tmp_path: Path, 
     assert (out / "summary.json").stat().st_mtime_ns == stamp
 
     # Changed options: still one line, exit 2, naming what differs.
-    assert main(sweep_args(data_root, out, "dsprites_ori", "--epochs", "3")) == 2
+    assert main(sweep_args(shapes_root, out, "dsprites_ori", "--epochs", "3")) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "vqt: error:" in err and "Traceback" not in err
     assert "finished sweep run of another configuration (differs in: epochs)" in err
 
 
-def test_finished_train_rerun_prints_its_summary(data_root: Path, tmp_path: Path, capsys) -> None:
+def test_finished_train_rerun_prints_its_summary(shapes_root: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "train"
-    assert main(train_args(data_root, out)) == 0
+    assert main(train_args(shapes_root, out)) == 0
     first = capsys.readouterr().out
     stamp = (out / "summary.json").stat().st_mtime_ns
 
-    assert main(train_args(data_root, out, "--num-workers", "0")) == 0
+    assert main(train_args(shapes_root, out, "--num-workers", "0")) == 0
     captured = capsys.readouterr()
     assert captured.err == "" and "already holds this finished train run" in captured.out
     assert first.strip() in captured.out  # the same accuracy line and adapter path
     assert (out / "summary.json").stat().st_mtime_ns == stamp
 
-    assert main(train_args(data_root, out, "--lr", "0.5")) == 2
+    assert main(train_args(shapes_root, out, "--lr", "0.5")) == 2
     err = capsys.readouterr().err
     # the finished run gave no --lr, so its lr and wd were left to be chosen on val200: both differ
     assert err.count("\n") == 1 and "finished train run of another configuration (differs in: lr, wd)" in err
 
 
-def test_finished_run_python_api(data_root: Path, tmp_path: Path) -> None:
+def test_finished_run_python_api(shapes_root: Path, tmp_path: Path) -> None:
     """`prepare` tells "finished, same configuration" apart (FinishedRun, a VQTError carrying the summary)."""
     from vqt.errors import VQTError
     from vqt.rundir import FinishedRun, RunDir, write_json

@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import BACKBONE, TINY, sweep_args, synth
+from tests.helpers import BACKBONE, TINY, sweep_args
 from vqt.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """dsprites_ori, and `my_shapes`: a user's own task (a copy under a name outside the VTAB-1k registry)."""
-    root = tmp_path_factory.mktemp("vtab")
-    synth(root, "dsprites_ori")
-    shutil.copytree(root / "dsprites_ori", root / "my_shapes")
-    return root
-
-
-def train_args(data_root: Path, out: Path, *extra: str) -> list[str]:
-    return ["train", *BACKBONE, "--data-root", str(data_root), "--task", "dsprites_ori", *TINY, "--out", str(out),
+def train_args(shapes_root: Path, out: Path, *extra: str) -> list[str]:
+    return ["train", *BACKBONE, "--data-root", str(shapes_root), "--task", "dsprites_ori", *TINY, "--out", str(out),
             *extra]
 
 
@@ -56,10 +46,10 @@ def train_args(data_root: Path, out: Path, *extra: str) -> list[str]:
         ("sweep", ["--img-size", "0"], "--img-size must be >= 1, got 0"),
     ],
 )
-def test_impossible_settings_are_refused_before_any_work(data_root: Path, tmp_path: Path, capsys, command: str,
+def test_impossible_settings_are_refused_before_any_work(shapes_root: Path, tmp_path: Path, capsys, command: str,
                                                          args: list[str], message: str) -> None:
     out = tmp_path / "o"
-    full = train_args(data_root, out, *args) if command == "train" else sweep_args(data_root, out, "dsprites_ori",
+    full = train_args(shapes_root, out, *args) if command == "train" else sweep_args(shapes_root, out, "dsprites_ori",
                                                                                    *args)
     assert main(full) == 2
     err = capsys.readouterr().err
@@ -67,16 +57,16 @@ def test_impossible_settings_are_refused_before_any_work(data_root: Path, tmp_pa
     assert not out.exists()  # refused before any work
 
 
-def test_impossible_settings_from_a_config_file(data_root: Path, tmp_path: Path, capsys) -> None:
+def test_impossible_settings_from_a_config_file(shapes_root: Path, tmp_path: Path, capsys) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("lr: -1\nepochs: true\n")
-    assert main(train_args(data_root, tmp_path / "o", "--config", str(config))) == 2
+    assert main(train_args(shapes_root, tmp_path / "o", "--config", str(config))) == 2
     assert "--lr must be > 0, got -1" in capsys.readouterr().err
-    assert main(["train", *BACKBONE, "--data-root", str(data_root), "--task", "dsprites_ori", "--out",
+    assert main(["train", *BACKBONE, "--data-root", str(shapes_root), "--task", "dsprites_ori", "--out",
                  str(tmp_path / "o"), "--config", str(config), "--lr", "0.1"]) == 2
     assert "--epochs must be an integer, got True" in capsys.readouterr().err
     # Checked after the layers: the command line (TINY sets --epochs 2) overrides the file's impossible values.
-    assert main(train_args(data_root, tmp_path / "o", "--config", str(config), "--lr", "0.1")) == 0
+    assert main(train_args(shapes_root, tmp_path / "o", "--config", str(config), "--lr", "0.1")) == 0
 
 
 def test_validate_config_directly() -> None:

@@ -3,24 +3,14 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import sweep_args, synth
+from tests.helpers import sweep_args
 from vqt.cli.main import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """dsprites_ori, and `my_shapes`: a user's own task (a copy under a name outside the VTAB-1k registry)."""
-    root = tmp_path_factory.mktemp("vtab")
-    synth(root, "dsprites_ori")
-    shutil.copytree(root / "dsprites_ori", root / "my_shapes")
-    return root
 
 
 def _rows(*tasks: tuple[str, str, float | None]) -> list[dict]:
@@ -56,11 +46,11 @@ def test_group_means_with_other_tasks() -> None:
     assert csv_tasks[-3:] == ["Mean", "Other", "Mean (all tasks)"]
 
 
-def test_sweep_over_a_user_task_has_an_overall_mean(data_root: Path, tmp_path: Path, capsys) -> None:
+def test_sweep_over_a_user_task_has_an_overall_mean(shapes_root: Path, tmp_path: Path, capsys) -> None:
     import csv
 
     out = tmp_path / "mixed"
-    assert main(sweep_args(data_root, out, "dsprites_ori,my_shapes")) == 0
+    assert main(sweep_args(shapes_root, out, "dsprites_ori,my_shapes")) == 0
     assert "Mean (all tasks)" in capsys.readouterr().out
     rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
     assert [r["task"] for r in rows] == ["dsprites_ori", "my_shapes", "Natural", "Specialized", "Structured", "Mean",
