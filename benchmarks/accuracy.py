@@ -35,7 +35,7 @@ from vqt.backbone.sources import create_backbone, describe  # noqa: E402
 from vqt.checkpoint.trained import load_trained  # noqa: E402
 from vqt.data.synth.writer import generate_task  # noqa: E402
 from vqt.data.transforms import build_transform  # noqa: E402
-from vqt.protocol.accuracy import store_features  # noqa: E402
+from vqt.protocol.accuracy import shared_store_features  # noqa: E402
 from vqt.protocol.stores import task_store  # noqa: E402
 from vqt.protocol.sweep import run_sweep  # noqa: E402
 from vqt.rundir import FinishedRun  # noqa: E402
@@ -67,10 +67,10 @@ def per_image_correct(run: Path, task: str, test_store, backbone, compressed: bo
     seeds = sorted((run / "tasks" / task / "final").glob(f"seed*/{name}"))
     if not seeds:
         raise SystemExit(f"{run}: no {name} folders for task {task}")
-    scores = []
+    scores, cache = [], {}  # linear/Head2Toe seeds share one computation of the features
     for folder in seeds:
         model, _ = load_trained(folder, backbone)
-        features, labels = store_features(model, test_store)
+        features, labels = shared_store_features(model, test_store, cache)
         scores.append((model.head(features).argmax(-1) == labels).double().cpu().numpy())
     return np.mean(scores, axis=0)
 

@@ -233,6 +233,11 @@ class Head2Toe(nn.Module):
             per_block.append(pieces)
         return self._assemble(tapped.pre_logits.to(dtype), per_block)
 
+    def feature_key(self) -> tuple:
+        """What `features_from` depends on: the frozen backbone and the pooling, never the (trained) head, so
+        models with one key share one computation of a store's features (`vqt.protocol.accuracy`)."""
+        return ("head2toe", id(self.backbone), self.sources, self.pool_sizes, self.target_sizes)
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.extract(images)
 

@@ -39,6 +39,10 @@ class LinearProbe(nn.Module):
     def features_from(self, tapped: TapOutput) -> torch.Tensor:
         return tapped.pre_logits.to(self.head.weight.dtype)
 
+    def feature_key(self) -> tuple:
+        """The features are the frozen backbone's pre-logits: models on one backbone share them (see Head2Toe)."""
+        return ("linear", id(self.backbone))
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return self.features_from(self.tap(images))
 

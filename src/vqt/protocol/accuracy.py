@@ -31,12 +31,33 @@ def store_features(model: nn.Module, store: FeatureStore, batch_size: int = 256,
     return torch.cat(features), torch.cat(labels).to(device)
 
 
+def shared_store_features(model: nn.Module, store: FeatureStore, cache: dict | None, precision: str = "fp32"
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """`store_features`, computed once per store for every model whose features do not train.
+
+    Linear probing and Head2Toe read the same frozen features whatever their head: their `feature_key()` names
+    what the features depend on (backbone, sources, pooling), so the seeds of one run, its compressed heads and the
+    grid share one pass over the store. Head2Toe's "attn" source reruns every block's attention on the stored
+    tokens, as costly as a backbone pass, so computing it per model made its sweep several times slower than
+    VQT's. Models without a `feature_key` (VQT: the queries train) are computed every time."""
+    key_of = getattr(model, "feature_key", None)
+    if cache is None or key_of is None:
+        return store_features(model, store, precision=precision)
+    key = (str(store.path), precision, key_of())
+    if key not in cache:
+        cache[key] = store_features(model, store, precision=precision)
+    return cache[key]
+
+
 @torch.no_grad()
-def evaluate_store_models(models: Sequence[nn.Module], store: FeatureStore, precision: str = "fp32") -> list[float]:
-    """Accuracy of store-trainable models on a split's feature store (no backbone pass)."""
+def evaluate_store_models(models: Sequence[nn.Module], store: FeatureStore, precision: str = "fp32",
+                          cache: dict | None = None) -> list[float]:
+    """Accuracy of store-trainable models on a split's feature store (no backbone pass); models with the same
+    frozen features share one computation of them (`shared_store_features`; `cache` keeps them across calls)."""
+    cache = {} if cache is None else cache
     accuracies = []
     for model in models:
-        features, labels = store_features(model, store, precision=precision)
+        features, labels = shared_store_features(model, store, cache, precision=precision)
         accuracies.append(float((model.head(features).argmax(-1) == labels).double().mean()))
     return accuracies
 

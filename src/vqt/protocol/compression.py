@@ -11,7 +11,7 @@ from vqt.data.tasks import OTHER_GROUP, TaskSpec
 from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.feature_selection import select_and_refit
-from vqt.protocol.accuracy import store_features
+from vqt.protocol.accuracy import shared_store_features
 
 
 def keep_fraction(spec: float | str | None, task: TaskSpec) -> float | None:
@@ -41,14 +41,16 @@ def compress(
     epochs: int,
     group_lasso: float = 1e-4,
     seed: int = 0,
+    feature_cache: dict | None = None,
 ) -> nn.Module:
     """docs/design.md §2 compression: queries frozen, a group-lasso head ranks the features, a fresh head on the kept.
 
     `lr` is the effective lr of the chosen configuration; the group-lasso selection head and the fresh head on the
     kept features both train at half of it (the reference notes give the half for the selection; the fresh head's
-    rate is not stated there, and this keeps the one rate the selection used).
+    rate is not stated there, and this keeps the one rate the selection used). `feature_cache`: see
+    `shared_store_features` (Head2Toe's seeds share their training features).
     """
-    features, labels = store_features(model, train_store)
+    features, labels = shared_store_features(model, train_store, feature_cache)
     head = select_and_refit(
         features, labels,
         model.head.out_features if isinstance(model.head, nn.Linear) else model.head.linear.out_features,

@@ -33,7 +33,7 @@ from vqt.features import FeatureStore
 from vqt.methods.registry import create_method, get_method
 from vqt.methods.vqt import VQT, seeded_embed_dropout
 from vqt.precision import autocast, to_master
-from vqt.protocol.accuracy import evaluate_images, store_features
+from vqt.protocol.accuracy import evaluate_images, shared_store_features
 from vqt.training import GridConfig, History, Recipe, seed_init, train_grid, train_online
 from vqt.training.ddp import fit_ddp
 from vqt.training.feeding import resolve_store_device, store_nbytes
@@ -144,14 +144,8 @@ def train_store_configs(
     cache = feature_cache if feature_cache is not None else {}
     probe = build_model(method, backbone, num_classes, kwargs, 0).to(device)
 
-    def features(store: FeatureStore) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (method, str(store.path))
-        if key not in cache:
-            cache[key] = store_features(probe, store)
-        return cache[key]
-
-    train = features(train_store)
-    val = features(val_store) if val_store is not None else None
+    train = shared_store_features(probe, train_store, cache)
+    val = shared_store_features(probe, val_store, cache) if val_store is not None else None
     trained = []
     for config in tqdm(configs, desc=f"{method} configs", disable=not progress):
         model = build_model(method, backbone, num_classes, kwargs, config.seed).to(device)

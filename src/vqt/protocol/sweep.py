@@ -174,7 +174,8 @@ class Sweep:
         self.store_dir = Path(c["store_dir"]) if c["store_dir"] else self.run_dir.path / "stores"
         self.progress = bool(c["progress"])
         self.stopper = StopCounter()
-        self.feature_cache: dict = {}
+        self.feature_cache: dict = {}  # head methods' frozen features of the current task (task_features)
+        self.feature_task: str | None = None
         self.datasets: dict[tuple[str, str], Any] = {}
         self.placed: dict[tuple[str, str], AnyStore] = {}  # VQT training stores, placed once per task and split
         self.logged: set[Path] = set()  # committed units already passed to TensorBoard by this worker
@@ -245,7 +246,14 @@ class Sweep:
         return train_store_configs(
             self.method, self.backbone, num_classes, kwargs, self.training_store(task, split), configs, recipe,
             val_store=self.training_store(task, "val200") if validate else None, progress=self.progress,
-            feature_cache=self.feature_cache, precision=c["precision"], store_device=c["store_device"])
+            feature_cache=self.task_features(task), precision=c["precision"], store_device=c["store_device"])
+
+    def task_features(self, task: str) -> dict:
+        """The frozen features head methods share (`shared_store_features`) on `task`'s stores: grid, seeds,
+        compression and test read them once. Only the current task's are kept (a sweep works task by task)."""
+        if self.feature_task != task:
+            self.feature_cache, self.feature_task = {}, task
+        return self.feature_cache
 
     # ------------------------------------------------------------------ the protocol
 
@@ -443,7 +451,8 @@ class Sweep:
             effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
             compressed = [compress(m, trainval, keep_fraction=keep, lr=effective,
                                    weight_decay=best["weight_decay"], epochs=recipe.epochs,
-                                   group_lasso=float(c["group_lasso"]), seed=t.config.seed)
+                                   group_lasso=float(c["group_lasso"]), seed=t.config.seed,
+                                   feature_cache=self.task_features(ctx.task.name))
                           for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]
         accuracies = self.test_accuracies(ctx.task.name, models + compressed) if models else []
         position = 0
@@ -471,7 +480,8 @@ class Sweep:
         """Each model's accuracy on the task's test split: from its feature store (`--test-store`) or its images."""
         c = self.config
         if c["test_store"]:
-            return evaluate_store_models(models, self.store(task, "test"), precision=c["precision"])
+            return evaluate_store_models(models, self.store(task, "test"), precision=c["precision"],
+                                         cache=self.task_features(task))
         return evaluate_images(models, self.dataset(task, "test"), batch_size=int(c["eval_batch"]),
                                num_workers=int(c["num_workers"]), progress=self.progress, precision=c["precision"],
                                distributed=False)
