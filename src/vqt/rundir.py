@@ -36,8 +36,9 @@ STOP_ENV = "VQT_STOP_AFTER_UNITS"  # test hook: simulate a kill after this many 
 # change them: it is semantic, compared resolved ('fp32'/'bf16'), so `auto` on another kind of device is another run.
 NON_SEMANTIC = frozenset({"out", "overwrite", "progress", "no_progress", "num_workers", "device", "store_dir",
                           "extract_batch", "eval_batch", "config", "tensorboard", "store_device"})
-# Semantic keys added after runs were written: what a config.yaml without them meant (those runs computed in fp32).
-SEMANTIC_DEFAULTS: dict[str, Any] = {"precision": "fp32"}
+# Semantic keys added after runs were written: what a config.yaml without them meant (those runs computed in fp32
+# and adapted every block).
+SEMANTIC_DEFAULTS: dict[str, Any] = {"precision": "fp32", "tuned_layers": None}
 
 
 def _clean(value: Any) -> Any:

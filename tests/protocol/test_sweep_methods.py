@@ -153,3 +153,26 @@ def test_store_only_options_refused_for_online_methods(data_root: Path, tmp_path
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "drop --" in err and "lora" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("method", ["vpt-deep", "adaptformer"])
+def test_a_shrunk_method_sweeps_and_its_adapters_reload_shrunk(data_root: Path, tmp_path: Path,  # noqa: F811
+                                                               method: str) -> None:
+    """`--tuned-layers 1` reaches the builder, the saved adapter config and the reloaded model."""
+    from vqt.checkpoint.trained import load_trained
+    from vqt.inference.predict import evaluate_adapter
+
+    out = tmp_path / "run"
+    assert main(method_args(data_root, out, method, "--tuned-layers", "1")) == 0
+    check_run(out, method)
+    adapter = out / "tasks" / "dsprites_ori" / "final" / "seed0" / "adapter"
+    model, config = load_trained(adapter)
+    assert config["method_kwargs"] == {"tuned_layers": 1}
+    depth = len(model.backbone.blocks)
+    blocks = {int(n.split("blocks.")[1].split(".")[0]) for n, p in model.named_parameters()
+              if p.requires_grad and "blocks." in n}
+    assert blocks == ({depth - 1} if method == "adaptformer" else set())
+    if method == "vpt-deep":
+        assert model.prompts.shape[0] == 1 and model.first_block == depth - 1
+    result = json.loads((adapter.parent / "result.json").read_text())
+    assert evaluate_adapter(adapter, data_root, "dsprites_ori")["accuracy"] == pytest.approx(result["test_accuracy"])

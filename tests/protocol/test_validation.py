@@ -44,6 +44,9 @@ def train_args(shapes_root: Path, out: Path, *extra: str) -> list[str]:
         ("sweep", ["--grid-chunk", "-1"], "--grid-chunk must be >= 0, got -1"),
         ("sweep", ["--extract-batch", "0"], "--extract-batch must be >= 1, got 0"),
         ("sweep", ["--img-size", "0"], "--img-size must be >= 1, got 0"),
+        ("train", ["--tuned-layers", "2"], "'vqt' has none to shrink"),
+        ("sweep", ["--method", "linear", "--tuned-layers", "1"], "'linear' has none to shrink"),
+        ("sweep", ["--method", "adaptformer", "--tuned-layers", "0"], "--tuned-layers must be >= 1, got 0"),
     ],
 )
 def test_impossible_settings_are_refused_before_any_work(shapes_root: Path, tmp_path: Path, capsys, command: str,
@@ -95,3 +98,10 @@ def test_python_api_refuses_impossible_settings_before_any_work(tmp_path: Path) 
     with pytest.raises(VQTError, match="--lrs"):
         run_sweep({"tasks": "dsprites_ori", "lrs": [0.5, -0.1], "out": str(tmp_path / "s")})
     assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+
+
+def test_tuned_layers_beyond_the_backbone_depth_are_refused(shapes_root: Path, tmp_path: Path, capsys) -> None:
+    assert main(train_args(shapes_root, tmp_path / "o", "--method", "lora", "--lr", "0.01", "--tuned-layers",
+                           "13")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tuned-layers 13 is more than the 12 blocks" in err, err

@@ -51,6 +51,9 @@ SHARED_OPTIONS: dict[str, dict[str, Any]] = {
     "--variant": dict(help="how a layer's query outputs form its feature piece",
                       choices=("concat", "mean", "weighted")),
     "--query-dropout": dict(help="dropout on the queries in training", type=float),
+    "--tuned-layers": dict(help="adapting methods (vpt-deep, adaptformer, lora, finetune, bitfit): adapt only the "
+                           "last N blocks, so backward stops there and training memory shrinks (unset: every block)",
+                           type=int),
     "--img-size": dict(help="input resolution the backbone is built at (unset: its own)", type=int),
     "--epochs": dict(help="training epochs", type=int),
     "--warmup-epochs": dict(help="linear warm-up epochs before the cosine", type=int),

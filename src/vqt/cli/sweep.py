@@ -24,7 +24,7 @@ OPTIONS = (
            "vqt+X train online from images, one configuration at a time"),
     Option("--queries", D["queries"], "Q per layer for every task ('10') or per task ('svhn=20,dtd=1'); "
            "unset: the official per-task Q of the registry", type=queries_spec, many=True),
-    *shared_options(D, "--variant", "--query-dropout"),
+    *shared_options(D, "--variant", "--query-dropout", "--tuned-layers"),
     Option("--transform", D["transform"], "input pipeline: 'backbone' (its own pretrained config), "
            "'official' (the official VQT code's: TensorFlow bilinear resize to 224x224 without antialiasing, "
            "ImageNet mean/std) or 'petl' (NOAH and the PETL code bases on the VTAB-1k image lists: PIL bicubic "

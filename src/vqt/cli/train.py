@@ -14,7 +14,7 @@ OPTIONS = (
     Option("--method", D["method"], "method of the registry (vqt, linear, head2toe, lora, vpt-deep, ...); "
            "methods that change the backbone's features always train online"),
     Option("--queries", D["queries"], "Q per layer (unset: the task's official Q)", type=queries_spec),
-    *shared_options(D, "--variant", "--query-dropout"),
+    *shared_options(D, "--variant", "--query-dropout", "--tuned-layers"),
     Option("--transform", D["transform"], "input pipeline: 'backbone' (its own pretrained config), "
            "'official' (the official VQT code's: TensorFlow bilinear resize to 224x224 without antialiasing, "
            "ImageNet mean/std) or 'petl' (NOAH and the PETL code bases on the VTAB-1k image lists: PIL bicubic "

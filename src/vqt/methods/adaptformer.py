@@ -15,8 +15,8 @@ import math
 import torch
 from torch import nn
 
-from vqt.methods.base import AdaptedBackbone
-from vqt.methods.spec import FULL_WD, MethodGrid, MethodSpec
+from vqt.methods.base import AdaptedBackbone, tuned_blocks
+from vqt.methods.spec import FULL_WD, AdaptConfig, MethodGrid, MethodSpec
 
 
 class Bottleneck(nn.Module):
@@ -51,7 +51,9 @@ class AdaptMLP(nn.Module):
 
 
 class AdaptFormer(AdaptedBackbone):
-    """Frozen ViT whose every MLP gets a parallel bottleneck (width `bottleneck`, scale `scale`); adapters train."""
+    """Frozen ViT whose every MLP gets a parallel bottleneck (width `bottleneck`, scale `scale`); adapters train.
+
+    `tuned_layers`: only the last that many blocks get one (`tuned_blocks`; None: all)."""
 
     def __init__(
         self,
@@ -60,10 +62,12 @@ class AdaptFormer(AdaptedBackbone):
         bottleneck: int = 64,
         scale: float = 0.1,
         dropout: float = 0.1,
+        tuned_layers: int | None = None,
     ) -> None:
         super().__init__(backbone, num_classes)
         dim = int(backbone.embed_dim)
-        for block in backbone.blocks:
+        for index in tuned_blocks(backbone, tuned_layers):
+            block = backbone.blocks[index]
             if isinstance(block.mlp, AdaptMLP):
                 raise ValueError("AdaptFormer: this backbone already has AdaptMLP branches")
             reference = next(block.mlp.parameters())
@@ -77,4 +81,5 @@ SPEC = MethodSpec(
     grid=MethodGrid((0.02, 0.01, 0.002, 0.001), FULL_WD,
                     "NOAH official VTAB scripts for the adapter baseline (configs/Adapter/VTAB: AdamW, lr 0.005, wd "
                     "1e-4, batch 64), as for LoRA; AdaptFormer's own VTAB-1k settings not checked", sure=False),
+    config=AdaptConfig,
 )

@@ -17,6 +17,20 @@ from vqt.backbone.tap import check_supported
 from vqt.methods.heads import reference_head
 
 
+def tuned_blocks(backbone: nn.Module, tuned_layers: int | None) -> range:
+    """The blocks an adapting method changes: every block (None), else the last `tuned_layers`.
+
+    Why the last ones: blocks before the first adapted block see no trainable parameter and no input that needs a
+    gradient, so autograd keeps none of their activations and backward stops there. That is how the paper shrinks
+    the adapting baselines to a training-memory budget (its memory-limited comparison)."""
+    depth = len(backbone.blocks)
+    if tuned_layers is None:
+        return range(depth)
+    if isinstance(tuned_layers, bool) or not isinstance(tuned_layers, int) or not 1 <= tuned_layers <= depth:
+        raise ValueError(f"tuned_layers must be an int from 1 to the backbone's depth {depth}, got {tuned_layers!r}")
+    return range(depth - tuned_layers, depth)
+
+
 def count_trainable(module: nn.Module) -> int:
     """Number of scalars that receive gradients (shared parameters counted once)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad)

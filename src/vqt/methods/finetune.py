@@ -12,20 +12,32 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqt.methods.base import AdaptedBackbone
-from vqt.methods.spec import FULL_WD, MethodGrid, MethodSpec
+from vqt.methods.base import AdaptedBackbone, tuned_blocks
+from vqt.methods.spec import FULL_WD, AdaptConfig, MethodGrid, MethodSpec
 
 NO_DECAY_NAMES = ("cls_token", "reg_token", "pos_embed", "gamma")
 
 
 class FineTune(AdaptedBackbone):
-    """All backbone parameters + head train; the backbone follows `train()`/`eval()` (dropout, drop-path)."""
+    """All backbone parameters + head train; the backbone follows `train()`/`eval()` (dropout, drop-path).
+
+    `tuned_layers`: only the last that many blocks and the final norm train (`tuned_blocks`; None or the depth:
+    everything)."""
 
     backbone_train_mode = True
 
-    def __init__(self, backbone: nn.Module, num_classes: int) -> None:
+    def __init__(self, backbone: nn.Module, num_classes: int, tuned_layers: int | None = None) -> None:
         super().__init__(backbone, num_classes)
-        self._unfreeze(backbone.parameters())
+        blocks = tuned_blocks(backbone, tuned_layers)
+        if blocks.start == 0:  # every block: everything, embeddings included
+            self._unfreeze(backbone.parameters())
+        else:  # the last blocks and what follows them (final norm); embeddings and earlier blocks stay frozen
+            for index in blocks:
+                self._unfreeze(backbone.blocks[index].parameters())
+            for name in ("norm", "fc_norm"):
+                module = getattr(backbone, name, None)
+                if isinstance(module, nn.Module):
+                    self._unfreeze(module.parameters())
 
     def layer_id(self, name: str) -> int:
         """0 for embeddings, l+1 for block l, L+1 for the final norm and the head."""
@@ -69,4 +81,5 @@ SPEC = MethodSpec(
                     "VPT official code (KMnP/vpt tune_vtab.py, train_type 'finetune'; configs/base-finetune.yaml: "
                     "AdamW, 5 warm-up epochs), lr x batch/256 as there; we keep Adam with coupled decay and "
                     "--warmup-epochs"),
+    config=AdaptConfig,
 )

@@ -10,14 +10,15 @@ keeps the fused Linear and adapts it as one matrix, for comparison; `proj=True` 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
-from vqt.methods.base import AdaptedBackbone
-from vqt.methods.spec import FULL_WD, MethodGrid, MethodSpec
+from vqt.methods.base import AdaptedBackbone, tuned_blocks
+from vqt.methods.spec import FULL_WD, AdaptConfig, MethodGrid, MethodSpec
 
 Targets = Literal["qv", "qkv", "fused"]
 TARGETS: tuple[str, ...] = ("qv", "qkv", "fused")
@@ -54,14 +55,15 @@ def split_fused_qkv(model: nn.Module) -> nn.Module:
     return model
 
 
-def target_pattern(targets: Targets, proj: bool) -> str:
-    """The regex (peft full-match) naming the Linears to adapt."""
+def target_pattern(targets: Targets, proj: bool, blocks: Sequence[int] | None = None) -> str:
+    """The regex (peft full-match) naming the Linears to adapt, in every block or only in `blocks`."""
     if targets not in TARGETS:
         raise ValueError(f"unknown LoRA targets {targets!r}; choose one of {TARGETS}")
     names = {"qv": r"attn\.qkv\.(q|v)", "qkv": r"attn\.qkv\.(q|k|v)", "fused": r"attn\.qkv"}[targets]
     if proj:
         names = f"({names}|attn\\.proj)"
-    return rf"(.*\.)?blocks\.\d+\.{names}"
+    index = r"\d+" if blocks is None else "(" + "|".join(str(int(b)) for b in blocks) + ")"
+    return rf"(.*\.)?blocks\.{index}\.{names}"
 
 
 class LoRA(AdaptedBackbone):
@@ -72,6 +74,7 @@ class LoRA(AdaptedBackbone):
         targets: "qv" (the LoRA paper: W_q and W_v, separate factors), "qkv" (all three) or "fused" (one adapter on
             timm's fused matrix).
         proj: also adapt the attention output projection.
+        tuned_layers: adapt only the last that many blocks (`tuned_blocks`; None: all).
     """
 
     def __init__(
@@ -83,9 +86,11 @@ class LoRA(AdaptedBackbone):
         dropout: float = 0.0,
         targets: Targets = "qv",
         proj: bool = False,
+        tuned_layers: int | None = None,
     ) -> None:
         super().__init__(backbone, num_classes)
-        pattern = target_pattern(targets, proj)
+        blocks = None if tuned_layers is None else tuned_blocks(backbone, tuned_layers)
+        pattern = target_pattern(targets, proj, blocks)
         if targets != "fused":
             split_fused_qkv(backbone)
         self.config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none")
@@ -103,4 +108,5 @@ SPEC = MethodSpec(
                     "NOAH official VTAB scripts (ZhangYuanhan-AI/NOAH configs/LoRA/VTAB): AdamW, lr 0.005 (also "
                     "tried there: 0.01, 0.001, 5e-4), wd 1e-4, batch 64, 100 epochs; here those four rates as the "
                     "*used* rate at batch 128 (x2 before the batch/256 scaling) and the wd grid around NOAH's 1e-4"),
+    config=AdaptConfig,
 )

@@ -66,6 +66,22 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class AdaptConfig:
+    """The option of the adapting methods that change the backbone block by block (VPT-deep, AdaptFormer, LoRA,
+    fine-tuning, BitFit): adapt only the last `tuned_layers` blocks (None: all). Fewer tuned blocks is how the
+    memory-limited comparison shrinks them to a training-memory budget (`vqt.methods.base.tuned_blocks`)."""
+
+    tuned_layers: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tuned_layers is not None and int(self.tuned_layers) < 1:
+            raise ValueError(f"tuned_layers must be >= 1, got {self.tuned_layers}")
+
+    def kwargs(self) -> dict[str, Any]:
+        return {} if self.tuned_layers is None else {"tuned_layers": int(self.tuned_layers)}
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     """A method: its builder `(backbone, num_classes, **kwargs) -> nn.Module`, how it trains, its default grid
     and the type of its config."""
@@ -76,15 +92,22 @@ class MethodSpec:
     adapts_features: bool
     description: str
     grid: MethodGrid = VQT_GRID
-    config: type[NoConfig] | type[QueryConfig] = NoConfig
+    config: type[NoConfig] | type[QueryConfig] | type[AdaptConfig] = NoConfig
 
     @property
     def store_trainable(self) -> bool:
         """Trains from a feature store (never runs the backbone in its epochs)."""
         return self.training != "online"
 
-    def kwargs(self, *, queries: int = 1, variant: str = "concat", query_dropout: float = 0.1) -> dict[str, Any]:
+    def kwargs(self, *, queries: int = 1, variant: str = "concat", query_dropout: float = 0.1,
+               tuned_layers: int | None = None) -> dict[str, Any]:
         """The builder's keyword arguments from the protocol's options, through the method's typed config."""
+        if tuned_layers is not None and self.config is not AdaptConfig:
+            raise ValueError(f"method {self.name!r} has no tuned layers to shrink (the adapting methods configured "
+                             f"by AdaptConfig have: vpt-deep, adaptformer, lora, finetune, bitfit)")
         if self.config is QueryConfig:
             return QueryConfig(queries, variant, query_dropout).kwargs()
+        if self.config is AdaptConfig:
+            return AdaptConfig(tuned_layers).kwargs()
         return NoConfig().kwargs()
+

@@ -13,13 +13,17 @@ import torch
 from torch import nn
 
 from vqt.backbone.tap import check_supported
+from vqt.methods.base import tuned_blocks
 from vqt.methods.heads import init_head
-from vqt.methods.spec import LR_GRID, WD_GRID, Builder, MethodGrid, MethodSpec
+from vqt.methods.spec import LR_GRID, WD_GRID, AdaptConfig, Builder, MethodGrid, MethodSpec
 from vqt.methods.vqt import query_init_bound
 
 
 class VPT(nn.Module):
-    """Frozen ViT + prompts + linear head on the backbone's own pre-logits feature (prompts dropped first)."""
+    """Frozen ViT + prompts + linear head on the backbone's own pre-logits feature (prompts dropped first).
+
+    `tuned_layers` (deep only): prompts before the last that many blocks only (`tuned_blocks`; None: every block);
+    the blocks before them run on the plain tokens."""
 
     def __init__(
         self,
@@ -28,15 +32,22 @@ class VPT(nn.Module):
         num_prompts: int = 10,
         mode: Literal["shallow", "deep"] = "deep",
         prompt_dropout: float = 0.1,
+        tuned_layers: int | None = None,
     ) -> None:
         super().__init__()
         check_supported(backbone)
         self.backbone = backbone.eval()
         for parameter in backbone.parameters():
             parameter.requires_grad_(False)
-        layers = len(backbone.blocks) if mode == "deep" else 1
+        if mode == "deep":
+            blocks = tuned_blocks(backbone, tuned_layers)
+        elif tuned_layers is not None:
+            raise ValueError("tuned_layers is for VPT-deep (shallow prompts enter at the input only)")
+        else:
+            blocks = range(1)
         self.mode = mode
-        self.prompts = nn.Parameter(torch.empty(layers, num_prompts, backbone.embed_dim))
+        self.first_block = blocks.start  # the block whose input first gets prompts
+        self.prompts = nn.Parameter(torch.empty(len(blocks), num_prompts, backbone.embed_dim))
         self.prompt_dropout = nn.Dropout(prompt_dropout)
         self.head = nn.Linear(backbone.embed_dim, num_classes)
         bound = query_init_bound(int(backbone.patch_embed.patch_size[0]), backbone.embed_dim)
@@ -53,9 +64,10 @@ class VPT(nn.Module):
         x = model.norm_pre(model.patch_drop(model._pos_embed(model.patch_embed(images))))
         prefix, count = model.num_prefix_tokens, self.prompts.shape[1]
         for index, block in enumerate(model.blocks):
-            if index < self.prompts.shape[0]:
-                prompts = self.prompt_dropout(self.prompts[index].expand(x.shape[0], -1, -1))
-                rest = x[:, prefix:] if index == 0 else x[:, prefix + count :]
+            slot = index - self.first_block
+            if 0 <= slot < self.prompts.shape[0]:
+                prompts = self.prompt_dropout(self.prompts[slot].expand(x.shape[0], -1, -1))
+                rest = x[:, prefix:] if slot == 0 else x[:, prefix + count :]
                 x = torch.cat([x[:, :prefix], prompts, rest], dim=1)
             x = block(x)
         x = torch.cat([x[:, :prefix], x[:, prefix + count :]], dim=1)
@@ -81,4 +93,4 @@ GRID = MethodGrid(
     "with Adam and these lrs)", sure=False)
 SPEC_SHALLOW = MethodSpec("vpt-shallow", vpt_builder("shallow"), "online", True, "prompts at the input", grid=GRID)
 SPEC_DEEP = MethodSpec("vpt-deep", vpt_builder("deep"), "online", True, "prompts replaced before every block",
-                       grid=GRID)
+                       grid=GRID, config=AdaptConfig)

@@ -14,6 +14,7 @@ from vqt.backbone.sources import create_backbone, describe
 from vqt.data.tasks import TaskSpec
 from vqt.data.transforms import build_transform
 from vqt.distributed.context import rank_device
+from vqt.errors import VQTError
 from vqt.precision import resolve_precision
 from vqt.protocol.fitting import Trained
 
@@ -41,8 +42,13 @@ class RunBackbone:
 
 
 def load_backbone(config: Mapping[str, Any], device: torch.device) -> RunBackbone:
-    """`--backbone` at `--img-size` on `device`, and the `--transform` built for it."""
+    """`--backbone` at `--img-size` on `device`, and the `--transform` built for it (`--tuned-layers` checked
+    against its depth)."""
     backbone = create_backbone(config["backbone"], img_size=config["img_size"]).to(device)
+    tuned = config.get("tuned_layers")
+    if tuned is not None and tuned > len(backbone.blocks):
+        raise VQTError(f"invalid training settings: --tuned-layers {tuned} is more than the {len(backbone.blocks)} "
+                       f"blocks of {config['backbone']}")
     size = describe(backbone)["img_size"]
     transform, description = build_transform(config["transform"], backbone, img_size=size)
     return RunBackbone(backbone, size, transform, description)

@@ -89,6 +89,7 @@ SWEEP_DEFAULTS: dict[str, Any] = {
     "queries": None,
     "variant": "concat",
     "query_dropout": 0.1,
+    "tuned_layers": None,  # adapting methods: only the last N blocks adapted (None: all)
     "transform": "backbone",
     "img_size": None,
     "lrs": None,  # None: the method's own grid (its `SPEC.grid`)
@@ -373,7 +374,7 @@ class Sweep:
         c = self.config
         queries = self.queries_for(task)
         kwargs = get_method(self.method).kwargs(queries=queries, variant=c["variant"],
-                                               query_dropout=c["query_dropout"])
+                                               query_dropout=c["query_dropout"], tuned_layers=c["tuned_layers"])
         trainval_images = read_split(c["data_root"], task.name, "train800val200")
         return TaskContext(task, self.run_dir.path / "tasks" / task.name, queries, kwargs,
                            trainval_images.num_classes, class_names(trainval_images), self.recipe())

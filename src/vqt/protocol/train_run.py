@@ -38,7 +38,7 @@ SELECTION_SPLITS = ("train800", "val200")  # where an unset --lr (and --wd) is c
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     **{k: SWEEP_DEFAULTS[k] for k in ("backbone", "data_root", "method", "queries", "variant", "query_dropout",
-                                      "transform", "img_size", "epochs", "warmup_epochs", "batch_size",
+                                      "tuned_layers", "transform", "img_size", "epochs", "warmup_epochs", "batch_size",
                                       "eval_every", "group_lasso", "store_dtype", "store_dir", "overwrite",
                                       "overwrite_stores", "device", "precision", "store_device", "num_workers",
                                       "extract_batch", "eval_batch", "progress", "tensorboard")},
@@ -68,7 +68,7 @@ def run_train(config: dict[str, Any]) -> dict[str, Any]:
     started = time.time()
     loaded = load_backbone(c, device)
     kwargs = get_method(method).kwargs(queries=task_queries(c["queries"], task), variant=c["variant"],
-                                       query_dropout=c["query_dropout"])
+                                       query_dropout=c["query_dropout"], tuned_layers=c["tuned_layers"])
     train_images = read_split(c["data_root"], task.name, c["train_split"])
     store_dir = Path(c["store_dir"]) if c["store_dir"] else run.path / "stores"
 

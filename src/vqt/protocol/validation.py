@@ -15,7 +15,7 @@ PRECISION_CHOICES = ("auto", "fp32", "bf16")
 STORE_DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 _INTEGER_AT_LEAST = {"epochs": 1, "batch_size": 1, "eval_every": 1, "seeds": 1, "grid_chunk": 0, "img_size": 1,
-                     "num_workers": 0, "extract_batch": 1, "eval_batch": 1}
+                     "num_workers": 0, "extract_batch": 1, "eval_batch": 1, "tuned_layers": 1}
 _NUMBER_AT_LEAST = {"lr": (0.0, True), "wd": (0.0, False), "group_lasso": (0.0, False)}  # (bound, strict)
 _GRIDS = {"lrs": (0.0, True), "wds": (0.0, False)}
 
@@ -100,6 +100,13 @@ def validate_config(config: Mapping[str, Any]) -> None:
         device = config.get("device") or "auto"
         refuse(f"--store-device cuda needs a CUDA device, but --device {device}"
                + (" found none" if device == "auto" else " is not one"))
+    if config.get("tuned_layers") is not None and config.get("method") is not None:
+        from vqt.methods.registry import get_method
+        from vqt.methods.spec import AdaptConfig
+
+        if get_method(str(config["method"])).config is not AdaptConfig:
+            refuse(f"--tuned-layers shrinks an adapting method to its last blocks (vpt-deep, adaptformer, lora, "
+                   f"finetune, bitfit); {config['method']!r} has none to shrink")
     dropout = config.get("query_dropout")
     if dropout is not None and not 0.0 <= _number("query_dropout", dropout) < 1.0:
         refuse(f"--query-dropout must lie in [0, 1), got {_shown(dropout)}")
