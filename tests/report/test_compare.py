@@ -19,10 +19,13 @@ from vqt.report import compare, tables
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 SMALL = ["--lrs", "0.1", "--wds", "0", "--seeds", "1"]  # runs that only need to exist (refusals)
-FAKE = {  # method -> (saved MiB/sample, peak MiB, step increase MiB)
+FAKE = {  # method (and tuned layers) -> (saved MiB/sample, peak MiB, step increase MiB)
     "linear": (0.01, 500.0, 5.0),
     "head2toe": (0.05, 520.0, 20.0),
     "vqt": (0.2, 600.0, 80.0),
+    "vpt-deep": (1.0, 900.0, 400.0),
+    "vpt-deep/1": (0.3, 700.0, 120.0),
+    "adaptformer/1": (0.24, 690.0, 110.0),
 }
 
 
@@ -57,12 +60,15 @@ def fake_measure(monkeypatch) -> list[list[str]]:
     """Replace `vqt.bench.methods.measure_all`; the returned list records each call's methods."""
     calls: list[list[str]] = []
 
-    def measure_all(methods, backbone, batch, img_size, steps=2, device="cpu", num_classes=100, progress=True):
-        calls.append(list(methods))
+    def measure_all(methods, backbone, batch, img_size, steps=2, device="cpu", num_classes=100, progress=True,
+                    method_kwargs=None):
+        kwargs = method_kwargs or [None] * len(methods)
+        names = [m if not k else f"{m}/{k['tuned_layers']}" for m, k in zip(methods, kwargs, strict=True)]
+        calls.append(names)
         assert backbone == "vit_tiny_patch16_224@random" and img_size == 32 and device == "cpu"
         return [{"method": m, "store_trainable": True, "trainable_params": 1000 + i,
-                 "saved_mib_per_sample": FAKE[m][0], "peak_mib": FAKE[m][1], "step_increase_mib": FAKE[m][2],
-                 "step_s": 0.1, "timed_steps": 0} for i, m in enumerate(methods)]
+                 "saved_mib_per_sample": FAKE[n][0], "peak_mib": FAKE[n][1], "step_increase_mib": FAKE[n][2],
+                 "step_s": 0.1, "timed_steps": 0} for i, (m, n) in enumerate(zip(methods, names, strict=True))]
 
     monkeypatch.setattr("vqt.bench.methods.measure_all", measure_all)
     return calls
@@ -225,3 +231,71 @@ def test_not_a_run_folder(runs, tmp_path: Path, capsys) -> None:
     (odd / "summary.json").write_text('{"status": "complete"}')  # e.g. a `vqt train` summary
     assert main(["compare", str(runs["vqt"]), str(odd)]) == 2
     assert "no per-task rows" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def shrunk_runs(data_root: Path, tmp_path_factory) -> dict[str, Path]:  # noqa: F811
+    """VPT-deep unshrunk and on its last block, AdaptFormer on its last block (tiny online sweeps)."""
+    root = tmp_path_factory.mktemp("shrunk")
+    out = {"vpt-deep": root / "vpt-deep", "vpt-deep-1": root / "vpt-deep-1", "adaptformer-1": root / "adaptformer-1"}
+    for name, method, extra in (("vpt-deep", "vpt-deep", []), ("vpt-deep-1", "vpt-deep", ["--tuned-layers", "1"]),
+                                ("adaptformer-1", "adaptformer", ["--tuned-layers", "1"])):
+        assert main(sweep_args(data_root, out[name], "dsprites_ori", "--method", method, *extra)) == 0
+    return out
+
+
+def test_memory_budgets_pick_each_methods_best_run_that_fits(runs, shrunk_runs, tmp_path: Path, fake_measure,
+                                                             capsys) -> None:
+    paths = copy_runs({**runs, **shrunk_runs}, tmp_path, "vqt", "vpt-deep", "vpt-deep-1", "adaptformer-1")
+    out = tmp_path / "cmp"
+    args = ["compare", *map(str, paths), "--device", "cpu", "--budgets", "0.25,0.5,1", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    # The shrunk runs are measured as shrunk (their own key in the cache), each once.
+    assert fake_measure == [["vqt", "vpt-deep", "vpt-deep/1", "adaptformer/1"]]
+    entry = json.loads((paths[2] / compare.MEMORY_FILE).read_text())["entries"][0]
+    assert entry["method_kwargs"] == {"tuned_layers": 1} and entry["saved_mib_per_sample"] == 0.3
+    assert main([*args, "--out", str(tmp_path / "again")]) == 0
+    assert len(fake_measure) == 1  # cached, shrunk ones included
+
+    accuracy = {path.name: summary(path)["group_means"]["Mean"] for path in paths}
+    budgets = read_csv(out / "memory_budgets.csv")
+    cell = {(r["method"], float(r["budget_fraction"])): r for r in budgets}
+    assert float(cell[("vpt-deep", 1.0)]["budget"]) == 1.0  # fractions of the unshrunk VPT-deep's 1.0 MiB/sample
+    # 0.25 x: the unshrunk VPT-deep (1.0) and its 1-block run (0.3) are over; VQT (0.2) and AdaptFormer-1 (0.24) fit
+    assert cell[("vpt-deep", 0.25)]["accuracy"] == ""
+    assert float(cell[("vqt", 0.25)]["accuracy"]) == pytest.approx(accuracy["vqt"], abs=1e-4)
+    assert cell[("adaptformer", 0.25)]["run"] == "adaptformer"
+    # 0.5 x: only the 1-block VPT-deep fits; 1 x: the better of both VPT-deep runs
+    assert cell[("vpt-deep", 0.5)]["run"] == "vpt-deep (vpt-deep-1)"
+    best = max(("vpt-deep (vpt-deep)", accuracy["vpt-deep"]), ("vpt-deep (vpt-deep-1)", accuracy["vpt-deep-1"]),
+               key=lambda pair: (pair[1], pair[0] == "vpt-deep (vpt-deep-1)"))
+    assert cell[("vpt-deep", 1.0)]["run"] == best[0]
+    assert float(cell[("vpt-deep", 1.0)]["accuracy"]) == pytest.approx(best[1], abs=1e-4)
+    assert "## Accuracy under a training-memory budget" in (out / "compare.md").read_text()
+    assert (out / "memory_frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_memory_budgets_need_the_reference_run(runs, tmp_path: Path, fake_measure, capsys) -> None:
+    (vqt,) = copy_runs(runs, tmp_path, "vqt")
+    assert main(["compare", str(vqt), "--device", "cpu", "--budgets", "0.5", "--out", str(tmp_path / "c")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no vpt-deep run without --tuned-layers" in err, err
+
+
+def test_frontier_is_the_best_accuracy_at_or_below_each_memory() -> None:
+    from vqt.report.frontier import budget_table, frontier
+
+    rows = [{"method": f"m{i}", "family": "a", "tuned_layers": None, "mean_accuracy": acc, "saved": mem}
+            for i, (mem, acc) in enumerate([(3.0, 50.0), (1.0, 40.0), (2.0, 30.0), (4.0, 60.0), (5.0, 55.0)])]
+    steps = frontier(rows, "saved")
+    # plain reference: at each run's memory, the best accuracy of the runs at or below it; keep where it rises
+    expected, best = [], -1.0
+    for memory in sorted(r["saved"] for r in rows):
+        value = max(r["mean_accuracy"] for r in rows if r["saved"] <= memory)
+        if value > best:
+            expected.append((memory, value))
+            best = value
+    assert steps == expected == [(1.0, 40.0), (3.0, 50.0), (4.0, 60.0)]
+    table = budget_table(rows, "saved", [0.2, 0.5, 1.0], "a")
+    assert table["reference_mib"] == 5.0
+    assert [c and c["accuracy"] for c in table["rows"][0]["cells"]] == [40.0, 40.0, 60.0]

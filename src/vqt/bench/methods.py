@@ -121,15 +121,23 @@ def measure_all(
     num_classes: int = 100,
     progress: bool = True,
     precision: str = "fp32",
+    method_kwargs: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> list[dict[str, Any]]:
-    """`measure_method` for each method, each in a fresh process; a failing method is reported, not fatal."""
+    """`measure_method` for each method, each in a fresh process; a failing method is reported, not fatal.
+
+    `method_kwargs`: the builder options of each method, in the same order (e.g. a shrunk `tuned_layers`)."""
     rows = []
-    for method in methods:
+    options = list(method_kwargs) if method_kwargs is not None else [None] * len(methods)
+    if len(options) != len(methods):
+        raise ValueError(f"{len(methods)} methods but {len(options)} method_kwargs")
+    for method, kwargs in zip(methods, options, strict=True):
         try:
-            row = run_isolated(measure_method, method, backbone, batch, img_size, steps, device, num_classes, None,
+            row = run_isolated(measure_method, method, backbone, batch, img_size, steps, device, num_classes, kwargs,
                                precision)
         except RuntimeError as error:
             row = {"method": method, "error": str(error)}
+        if kwargs:
+            row["method_kwargs"] = dict(kwargs)
         rows.append(row)
         if progress:
             print(json.dumps(row), flush=True)

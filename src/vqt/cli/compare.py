@@ -5,7 +5,9 @@ over the tasks all runs share), counts the trainable parameters in the saved ada
 saved activations and peak training memory once (`vqt bench memory`'s code, a fresh process per method) on the
 runs' backbone and image size; the numbers are cached in RUN_DIR/memory.json (keyed by backbone, batch, image
 size, device and method) so the next compare reads them. Writes DIR/compare.md, compare.csv (tasks x methods),
-compare_methods.csv (one row per method) and accuracy_vs_memory.png.
+compare_methods.csv (one row per method) and accuracy_vs_memory.png. `--budgets 0.25,0.5,1` adds the
+memory-limited comparison (`vqt.report.frontier`): each method's best run under each fraction of the unshrunk
+VPT-deep run's memory, with the runs of adapting methods shrunk by `--tuned-layers` (measured with that setting).
 
 Runs with another backbone, image size or transform, or without a task in common, are refused (exit 2, one line
 naming the difference); partly overlapping task lists are compared on the common tasks. Two runs of the same
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
+from vqt.cli.options import float_list
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,6 +44,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plot-x", choices=("saved", "peak", "increase"), default="saved",
                         help="plot x axis: saved activation MiB/sample, peak memory, or peak minus the loaded model "
                              "(default: %(default)s)")
+    parser.add_argument("--budgets", type=float_list, default=None, metavar="F[,F...]",
+                        help="the memory-limited comparison: at each budget (a fraction of --budget-of's memory, "
+                             "e.g. 0.25,0.5,1) each method's best run that fits; runs of adapting methods shrunk "
+                             "with --tuned-layers enter there. Adds a table to compare.md, memory_budgets.csv and "
+                             "memory_frontier.png (memory as --plot-x)")
+    parser.add_argument("--budget-of", default="vpt-deep",
+                        help="the method whose unshrunk run's memory the budgets are fractions of "
+                             "(default: %(default)s)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no per-method progress lines")
     parser.set_defaults(func=run)
 
@@ -58,7 +70,7 @@ def resolve_device(name: str | None) -> str:
 def run(args: argparse.Namespace) -> int:
     from vqt.bench.methods import scatter_plot
     from vqt.errors import VQTError
-    from vqt.report import compare
+    from vqt.report import compare, frontier
     from vqt.rundir import write_text
 
     if args.batch < 1:
@@ -74,14 +86,24 @@ def run(args: argparse.Namespace) -> int:
     caption = (f"batch {args.batch}, {first.img_size}px, {device}; one training step per method in a fresh process "
                f"(`vqt bench memory`), cached in each run's {compare.MEMORY_FILE}")
     text = compare.markdown(runs, tasks, methods, note=note, memory_caption=caption)
+    key = compare.PLOT_KEYS[args.plot_x]
+    budgets = None
+    if args.budgets is not None:
+        budgets = frontier.budget_table(methods, key, args.budgets, args.budget_of)
+        text += "\n" + frontier.markdown(budgets)
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(args.out / "compare.md", text)
     write_text(args.out / "compare.csv", compare.tasks_csv(runs, tasks))
     write_text(args.out / "compare_methods.csv", compare.methods_csv(methods))
-    print(text)
-    key = compare.PLOT_KEYS[args.plot_x]
-    rows, accuracies = compare.plot_points(methods, key)
     outputs = [args.out / name for name in ("compare.md", "compare.csv", "compare_methods.csv")]
+    if budgets is not None:
+        write_text(args.out / "memory_budgets.csv", frontier.budgets_csv(budgets))
+        outputs += [args.out / "memory_budgets.csv",
+                    frontier.plot(methods, budgets, args.out / "memory_frontier.png",
+                                  f"{first.backbone}, {first.img_size}px, batch {args.batch}, {device}; mean accuracy "
+                                  f"over {len(tasks)} task(s); budgets x {budgets['reference']}")]
+    print(text)
+    rows, accuracies = compare.plot_points(methods, key)
     if rows:
         plot = args.out / "accuracy_vs_memory.png"
         scatter_plot(rows, accuracies, plot, f"{first.backbone}, {first.img_size}px, batch {args.batch}, {device}; "

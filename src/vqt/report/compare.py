@@ -69,6 +69,12 @@ class Run:
     def tasks(self) -> list[str]:
         return [row["task"] for row in self.rows]
 
+    @property
+    def method_kwargs(self) -> dict[str, Any]:
+        """The builder options that change what one training step costs: `--tuned-layers` (empty: none)."""
+        tuned = self.config.get("tuned_layers")
+        return {} if tuned is None else {"tuned_layers": int(tuned)}
+
 
 def _effective_img_size(config: Mapping[str, Any], transform: Mapping[str, Any] | None) -> int | None:
     if config.get("img_size") is not None:
@@ -211,8 +217,20 @@ def trainable_params(run: Run, tasks: Sequence[str]) -> float | None:
 # ---------------------------------------------------------------------- memory cache
 
 
-def memory_key(backbone: str, batch: int, img_size: int | None, device: str, method: str) -> dict[str, Any]:
-    return {"backbone": backbone, "batch": int(batch), "img_size": img_size, "device": device, "method": method}
+def memory_key(backbone: str, batch: int, img_size: int | None, device: str, method: str,
+               method_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """What a cached measurement is of; `method_kwargs` (e.g. tuned_layers) only when given, so the entries
+    cached before it existed (of unshrunk methods) still match."""
+    key = {"backbone": backbone, "batch": int(batch), "img_size": img_size, "device": device, "method": method}
+    if method_kwargs:
+        key["method_kwargs"] = dict(method_kwargs)
+    return key
+
+
+def same_key(entry: Mapping[str, Any], key: Mapping[str, Any]) -> bool:
+    """Whether a cache entry is the measurement `key` names (a missing `method_kwargs` is the empty one)."""
+    return (all(entry.get(name) == key.get(name) for name in MEMORY_KEY)
+            and (entry.get("method_kwargs") or {}) == (key.get("method_kwargs") or {}))
 
 
 def read_memory_cache(run_dir: Path) -> list[dict[str, Any]]:
@@ -233,7 +251,7 @@ def read_memory_cache(run_dir: Path) -> list[dict[str, Any]]:
 
 def find_cached(entries: Sequence[Mapping[str, Any]], key: Mapping[str, Any]) -> dict[str, Any] | None:
     for entry in entries:
-        if all(entry.get(name) == value for name, value in key.items()) and "error" not in entry:
+        if same_key(entry, key) and "error" not in entry:
             return dict(entry)
     return None
 
@@ -257,32 +275,32 @@ def memory_rows(
 
     A measurement that failed is returned (row with `error`) but not cached. Runs without a row are left out."""
     found: dict[str, dict[str, Any]] = {}
-    missing: dict[str, list[Run]] = {}
+    missing: dict[tuple[str, str], list[Run]] = {}  # (method, its kwargs as JSON) -> the runs that need it
     for run in runs:
-        key = memory_key(run.backbone, batch, run.img_size, device, run.method)
+        key = memory_key(run.backbone, batch, run.img_size, device, run.method, run.method_kwargs)
         entry = find_cached(read_memory_cache(run.path), key)
         if entry is not None:
             found[run.label] = entry
         elif measure:
-            missing.setdefault(run.method, []).append(run)
+            missing.setdefault((run.method, json.dumps(run.method_kwargs, sort_keys=True)), []).append(run)
     if missing:
         if measure_all is None:
             from vqt.bench import methods as bench_methods
 
             measure_all = bench_methods.measure_all
         first = next(iter(missing.values()))[0]
-        measured = measure_all(list(missing), first.backbone, batch, first.img_size, 0, device, progress=progress)
+        wanted = list(missing)
+        measured = measure_all([method for method, _ in wanted], first.backbone, batch, first.img_size, 0, device,
+                               progress=progress, method_kwargs=[json.loads(kwargs) for _, kwargs in wanted])
         description = _device_description(device)
-        for row in measured:
-            method = str(row.get("method"))
-            for run in missing.get(method, []):
-                entry = {**memory_key(run.backbone, batch, run.img_size, device, method), **row,
+        for (method, _), row in zip(wanted, measured, strict=True):
+            for run in missing[(method, _)]:
+                entry = {**memory_key(run.backbone, batch, run.img_size, device, method, run.method_kwargs), **row,
                          "device_description": description, "measured": date.today().isoformat()}
                 found[run.label] = entry
                 if "error" in row:
                     continue
-                entries = [e for e in read_memory_cache(run.path)
-                           if not all(e.get(k) == entry[k] for k in MEMORY_KEY)]
+                entries = [e for e in read_memory_cache(run.path) if not same_key(e, entry)]
                 write_memory_cache(run.path, [*entries, entry])
     return found
 
@@ -334,6 +352,8 @@ def method_table(runs: Sequence[Run], tasks: Sequence[str], memory: Mapping[str,
         failed = mem.get("error")
         rows.append({
             "method": run.label,
+            "family": run.method,
+            "tuned_layers": run.method_kwargs.get("tuned_layers"),
             "run": str(run.path),
             "status": run.status,
             "mean_accuracy": group_means_of(run, tasks)["Mean"],
