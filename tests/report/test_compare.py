@@ -299,3 +299,18 @@ def test_frontier_is_the_best_accuracy_at_or_below_each_memory() -> None:
     table = budget_table(rows, "saved", [0.2, 0.5, 1.0], "a")
     assert table["reference_mib"] == 5.0
     assert [c and c["accuracy"] for c in table["rows"][0]["cells"]] == [40.0, 40.0, 60.0]
+
+
+def test_a_users_own_task_has_a_mean_accuracy(shapes_root: Path, tmp_path: Path, fake_measure) -> None:
+    """Tasks outside VTAB-1k are not in its group means: the comparison's mean is then over every compared task
+    (it was None, so such runs had no point on the plot and no place in a memory budget)."""
+    run = small_sweep(shapes_root, tmp_path / "mine", "my_shapes", "--method", "linear")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(run), "--out", str(out), "--device", "cpu", "--no-progress"]) == 0
+    expected = summary(run)["group_means"][tables.ALL_TASKS_MEAN]
+    assert expected is not None
+    (row,) = read_csv(out / "compare_methods.csv")
+    assert float(row["mean_accuracy"]) == pytest.approx(expected, abs=1e-4)
+    assert (out / "accuracy_vs_memory.png").is_file()
+    rows = {r["task"]: r for r in read_csv(out / "compare.csv")}
+    assert float(rows[tables.ALL_TASKS_MEAN]["linear"]) == pytest.approx(expected, abs=1e-4)

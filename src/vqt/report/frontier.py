@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def budget_table(methods: Sequence[Mapping[str, Any]], key: str, budgets: Sequen
             fitting = [m for m in runs if m[key] <= limit["mib"] * (1 + 1e-9)]
             best = max(fitting, key=lambda m: (m["mean_accuracy"], -m[key]), default=None)
             cells.append(None if best is None else {"accuracy": best["mean_accuracy"], "run": best["method"],
-                                                     "memory": best[key]})
+                                                     "memory": best[key], "tuned_layers": best.get("tuned_layers")})
         rows.append({"family": family, "cells": cells})
     return {"reference": label, "reference_mib": total, "budgets": limits, "rows": rows, "key": key}
 
@@ -72,6 +73,10 @@ def frontier(runs: Sequence[Mapping[str, Any]], key: str) -> list[tuple[float, f
     return steps
 
 
+def blocks(count: int) -> str:
+    return "last block" if count == 1 else f"last {count} blocks"
+
+
 def markdown(table: Mapping[str, Any]) -> str:
     """The budget table: one row per method, one column per budget (accuracy, and the run that reached it)."""
     unit = MEMORY_LABELS.get(table["key"], table["key"])
@@ -81,7 +86,9 @@ def markdown(table: Mapping[str, Any]) -> str:
              f"{unit}); each cell is the method's best mean accuracy among its runs that fit, and that run.", "",
              "| Method | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for row in table["rows"]:
-        cells = ["–" if c is None else f"{c['accuracy']:.2f} ({c['run']})" for c in row["cells"]]
+        cells = ["–" if c is None else f"{c['accuracy']:.2f} ({c['run']}"
+                 + ("" if c.get("tuned_layers") is None else f", {blocks(c['tuned_layers'])}") + ")"
+                 for c in row["cells"]]
         lines.append(f"| {row['family']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -105,13 +112,16 @@ def plot(methods: Sequence[Mapping[str, Any]], table: Mapping[str, Any], path: P
     from matplotlib.figure import Figure
 
     key = table["key"]
+    points = _points(methods, key)
+    if not points:
+        raise VQTError("no run has both a memory number and an accuracy to draw")
     figure = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
     families: dict[str, list[Mapping[str, Any]]] = {}
-    for m in _points(methods, key):
+    for m in points:
         families.setdefault(str(m.get("family") or m["method"]), []).append(m)
-    right = max(max(m[key] for m in _points(methods, key)), table["budgets"][-1]["mib"]) * 1.05
+    right = max(max(m[key] for m in points), table["budgets"][-1]["mib"]) * 1.05
     for family, runs in families.items():
         steps = frontier(runs, key)
         xs = [x for x, _ in steps] + [right]
@@ -130,7 +140,7 @@ def plot(methods: Sequence[Mapping[str, Any]], table: Mapping[str, Any], path: P
                       textcoords="offset points", xytext=(2, 2), fontsize=7, color="#555555")
     axes.set_xlabel(MEMORY_LABELS.get(key, key))
     axes.set_ylabel("mean accuracy (%)")
-    axes.set_title(title, fontsize=9)
+    axes.set_title(textwrap.fill(title, 100), fontsize=8)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
     path.parent.mkdir(parents=True, exist_ok=True)
