@@ -28,6 +28,15 @@ def _points(methods: Sequence[Mapping[str, Any]], key: str) -> list[Mapping[str,
     return [m for m in methods if m.get(key) is not None and m.get("mean_accuracy") is not None]
 
 
+def _families(methods: Sequence[Mapping[str, Any]], key: str) -> dict[str, list[Mapping[str, Any]]]:
+    """The runs with a memory and an accuracy, by method (its shrunk and unshrunk runs together), in first-seen
+    order."""
+    families: dict[str, list[Mapping[str, Any]]] = {}
+    for m in _points(methods, key):
+        families.setdefault(str(m.get("family") or m["method"]), []).append(m)
+    return families
+
+
 def reference_memory(methods: Sequence[Mapping[str, Any]], key: str, reference: str) -> tuple[float, str]:
     """The memory budgets are fractions of: the largest `key` among the unshrunk runs of method `reference`."""
     candidates = [m for m in methods if m.get("family") == reference and m.get("tuned_layers") is None
@@ -49,11 +58,8 @@ def budget_table(methods: Sequence[Mapping[str, Any]], key: str, budgets: Sequen
         raise VQTError(f"--budgets must be positive fractions of the reference memory, got {list(budgets)}")
     total, label = reference_memory(methods, key, reference)
     limits = [{"fraction": float(b), "mib": float(b) * total} for b in budgets]
-    families: dict[str, list[Mapping[str, Any]]] = {}
-    for m in _points(methods, key):
-        families.setdefault(str(m.get("family") or m["method"]), []).append(m)
     rows = []
-    for family, runs in families.items():
+    for family, runs in _families(methods, key).items():
         cells = []
         for limit in limits:
             fitting = [m for m in runs if m[key] <= limit["mib"] * (1 + 1e-9)]
@@ -118,11 +124,8 @@ def plot(methods: Sequence[Mapping[str, Any]], table: Mapping[str, Any], path: P
     figure = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots()
-    families: dict[str, list[Mapping[str, Any]]] = {}
-    for m in points:
-        families.setdefault(str(m.get("family") or m["method"]), []).append(m)
     right = max(max(m[key] for m in points), table["budgets"][-1]["mib"]) * 1.05
-    for family, runs in families.items():
+    for family, runs in _families(methods, key).items():
         steps = frontier(runs, key)
         xs = [x for x, _ in steps] + [right]
         ys = [y for _, y in steps] + [steps[-1][1]]
