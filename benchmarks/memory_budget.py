@@ -36,17 +36,19 @@ from vqt.rundir import FinishedRun  # noqa: E402
 
 # (run name, method, tuned layers or None, lrs): two lrs from each method's own grid (docs/protocol.md)
 STORE_LRS, VPT_LRS, ADAPTER_LRS, FINETUNE_LRS = (1.0, 0.25, 0.05), (0.25, 0.05), (0.01, 0.002), (0.001, 1e-4)
-VARIANTS: list[tuple[str, str, int | None, tuple[float, ...]]] = [
+VARIANTS: list[tuple[str, str, int | None, tuple[float, ...]]] = [  # run in this order (most telling first)
     ("linear", "linear", None, STORE_LRS),
     ("head2toe", "head2toe", None, STORE_LRS),
     ("vqt", "vqt", None, STORE_LRS),
     ("vpt-deep", "vpt-deep", None, VPT_LRS),
-    ("vpt-deep-4", "vpt-deep", 4, VPT_LRS),
     ("vpt-deep-1", "vpt-deep", 1, VPT_LRS),
     ("adaptformer", "adaptformer", None, ADAPTER_LRS),
-    ("adaptformer-4", "adaptformer", 4, ADAPTER_LRS),
     ("adaptformer-1", "adaptformer", 1, ADAPTER_LRS),
+    ("finetune", "finetune", None, FINETUNE_LRS),
+    ("vqt+adaptformer", "vqt+adaptformer", None, ADAPTER_LRS),
     ("lora", "lora", None, ADAPTER_LRS),
+    ("vpt-deep-4", "vpt-deep", 4, VPT_LRS),
+    ("adaptformer-4", "adaptformer", 4, ADAPTER_LRS),
     ("lora-2", "lora", 2, ADAPTER_LRS),
     ("finetune-2", "finetune", 2, FINETUNE_LRS),
 ]
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                   "warmup_epochs": args.warmup_epochs, "batch_size": args.batch_size, "seeds": args.seeds,
                   "lrs": list(lrs[: args.lrs_per_method]), "wds": [0.0], "eval_every": args.epochs, "out": str(out),
                   "store_dir": str(args.root / f"stores{args.img_size}"), "progress": False}
-        if method == "vqt":
+        if method.startswith("vqt"):
             config["queries"] = 1
         if method in ("linear", "head2toe", "vqt"):
             config["test_store"] = True  # test from its feature store (the online methods read the images)
