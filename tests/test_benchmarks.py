@@ -230,3 +230,22 @@ def test_accuracy_quick_runs_the_protocol_end_to_end(accuracy, tmp_path):
         assert all(len(m["seeds"]) == 2 for m in row["methods"].values())
     assert (tmp_path / "out" / "accuracy.md").read_text().count("| faces |") == 2  # table and paired row
     assert (tmp_path / "out" / "accuracy.png").stat().st_size > 0
+
+
+def test_memory_budget_gives_store_methods_their_whole_lr_grid(tmp_path):
+    """The first real run gave every method two lrs, which for VQT were its grid's two highest (1, 0.25): VQT lost
+    8 points to that. The store methods (seconds each) try their whole grid; the online ones --lrs-per-method."""
+    memory_budget = load("memory_budget")
+    args = memory_budget.argparse.Namespace(
+        backbone="b", img_size=56, root=tmp_path, task="digits", epochs=10, warmup_epochs=1, batch_size=64, seeds=2,
+        lrs_per_method=2)
+    variants = {name: (method, tuned, lrs) for name, method, tuned, lrs in memory_budget.VARIANTS}
+    for name in ("linear", "head2toe", "vqt"):
+        config = memory_budget.sweep_config(args, *variants[name], tmp_path / name)
+        assert config["lrs"] == [1.0, 0.25, 0.05, 0.01] and config["test_store"]
+    for name in ("vpt-deep-1", "adaptformer", "vqt+adaptformer", "finetune-2"):
+        method, tuned, lrs = variants[name]
+        config = memory_budget.sweep_config(args, method, tuned, lrs, tmp_path / name)
+        assert config["lrs"] == list(lrs[:2]) and "test_store" not in config and config["tuned_layers"] == tuned
+    assert memory_budget.sweep_config(args, *variants["vqt+adaptformer"], tmp_path / "c")["queries"] == 1
+    assert variants["vpt-deep"][2][:2] == (0.01, 0.002)  # 0.25 and 0.05 diverged (train loss 23)
