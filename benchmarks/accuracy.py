@@ -8,9 +8,9 @@ on test).
 
 The tasks come from data installed packages ship (`benchmarks/real_tasks.py`), optionally plus built-in synthetic
 structured tasks (`--synth dsprites_loc ...`). Reported per task and method: test accuracy mean ± std over seeds,
-and VQT − Head2Toe / VQT − linear with a 95 % paired bootstrap interval over the test images (each image scored by
-its mean correctness over the seeds, the same images resampled for both methods). One feature store per task and
-split is extracted once and shared by every method (`--store-dir`).
+and VQT − Head2Toe / VQT − linear (and Q = 10 − Q = 1) with a 95 % paired bootstrap interval over the test images
+(each image scored by its mean correctness over the seeds, the same images resampled for both methods). One feature
+store per task and split is extracted once and shared by every method (`--store-dir`).
 """
 
 from __future__ import annotations
@@ -73,6 +73,15 @@ def per_image_correct(run: Path, task: str, test_store, backbone, compressed: bo
         features, labels = shared_store_features(model, test_store, cache)
         scores.append((model.head(features).argmax(-1) == labels).double().cpu().numpy())
     return np.mean(scores, axis=0)
+
+
+def comparisons(labels: list[str]) -> list[tuple[str, str]]:
+    """The paired differences to report: each VQT run against Head2Toe and linear, and more queries against one."""
+    pairs = [(vqt, base) for vqt in labels if vqt.startswith("vqt")
+             for base in ("head2toe", "linear") if base in labels]
+    if "vqt-q10" in labels and "vqt-q1" in labels:
+        pairs.append(("vqt-q10", "vqt-q1"))
+    return pairs
 
 
 def task_finished(run: Path, task: str) -> bool:
@@ -198,11 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
             mine, theirs = float(score.mean() * 100), row["methods"][label]["mean"]
             if abs(mine - theirs) > 1e-6:
                 raise SystemExit(f"{task}/{label}: per-image accuracy {mine:.3f} != sweep's {theirs:.3f}")
-        row["paired"] = {}
-        for vqt in (label for label in scores if label.startswith("vqt")):
-            for base in ("head2toe", "linear"):
-                if base in scores:
-                    row["paired"][f"{vqt} - {base}"] = paired_bootstrap(scores[vqt], scores[base])
+        row["paired"] = {f"{a} - {b}": paired_bootstrap(scores[a], scores[b]) for a, b in comparisons(list(scores))}
         rows.append(row)
 
     result = {
@@ -220,11 +225,23 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
+def seed_counts(result: dict) -> str:
+    """'5 seeds', or each method's count where the runs a --table-only call reads were made with different --seeds."""
+    counts: dict[str, set[int]] = {}
+    for r in result["rows"]:
+        for k, m in r["methods"].items():
+            counts.setdefault(k, set()).add(len(m["seeds"]))
+    spelled = {k: "/".join(map(str, sorted(n))) for k, n in counts.items()}
+    if len(set(spelled.values())) <= 1:
+        return f"{next(iter(spelled.values()), result['seeds'])} seeds"
+    return "seeds per method: " + ", ".join(f"{k} {n}" for k, n in spelled.items())
+
+
 def markdown(result: dict) -> str:
     labels = list(dict.fromkeys(k for r in result["rows"] for k in r["methods"]))
     lines = [f"# Accuracy on real photographs (`{result['backbone']}` at {result['img_size']} px)", "",
              f"Command: `{result['command']}`  ", f"{result['date']}, {result['machine']}; {result['epochs']} "
-             f"epochs, batch {result['batch_size']}, {result['seeds']} seeds; grid "
+             f"epochs, batch {result['batch_size']}, {seed_counts(result)}; grid "
              f"{'lrs ' + str(result['lrs']) if result['lrs'] else 'each method its own lrs'} x "
              f"{'wds ' + str(result['wds']) if result['wds'] else 'its own wds'}; total "
              f"{result['total_seconds'] / 60:.0f} min.", "",
@@ -240,7 +257,8 @@ def markdown(result: dict) -> str:
               "| task | comparison | difference | 95 % interval | verdict |", "|---|---|---:|---|---|"]
     for r in result["rows"]:
         for name, (mean, low, high) in r["paired"].items():
-            verdict = "VQT better" if low > 0 else "VQT worse" if high < 0 else "within noise"
+            first = name.split(" - ")[0]
+            verdict = f"{first} better" if low > 0 else f"{first} worse" if high < 0 else "within noise"
             lines.append(f"| {r['task']} | {name} | {mean:+.1f} | [{low:+.1f}, {high:+.1f}] | {verdict} |")
     lines += ["", "Chosen configurations (on val200): " + "; ".join(
         f"{r['task']}/{k}: lr {v['lr']}, wd {v['weight_decay']}" for r in result["rows"]
@@ -269,7 +287,7 @@ def plot(result: dict, path: Path) -> None:
         ax.bar(xs, means, width, yerr=stds, label=label, capsize=2)
     ax.set_xticks(range(len(tasks)), tasks)
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result['backbone']} {result['img_size']} px, {result['epochs']} epochs, {result['seeds']} seeds")
+    ax.set_title(f"{result['backbone']} {result['img_size']} px, {result['epochs']} epochs")
     ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -200,6 +200,22 @@ def test_paired_bootstrap_interval(accuracy):
     assert mean == pytest.approx(100 * (a - b).mean()) and 0 < low < mean < high
 
 
+def test_accuracy_pairs_ten_queries_with_one(accuracy):
+    labels = ["linear", "head2toe", "vqt-q1", "vqt-q10"]
+    assert accuracy.comparisons(labels) == [("vqt-q1", "head2toe"), ("vqt-q1", "linear"), ("vqt-q10", "head2toe"),
+                                            ("vqt-q10", "linear"), ("vqt-q10", "vqt-q1")]
+    assert accuracy.comparisons(["linear", "vqt-q10"]) == [("vqt-q10", "linear")]
+
+
+def test_accuracy_header_names_seed_counts_that_differ(accuracy):
+    row = {"methods": {"linear": {"seeds": [90.0] * 5}, "vqt-q10": {"seeds": [95.0] * 3}}}
+    assert accuracy.seed_counts({"rows": [row], "seeds": 3}) == "seeds per method: linear 5, vqt-q10 3"
+    row["methods"]["vqt-q10"]["seeds"] *= 5
+    assert accuracy.seed_counts({"rows": [row], "seeds": 5}).startswith("seeds per method: linear 5, vqt-q10 15")
+    row["methods"]["vqt-q10"]["seeds"] = [95.0] * 5
+    assert accuracy.seed_counts({"rows": [row], "seeds": 3}) == "5 seeds"
+
+
 def test_real_tasks_are_balanced_and_their_test_images_unseen(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import real_tasks
