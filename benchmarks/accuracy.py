@@ -214,6 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/accuracy.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "synthetic_tasks": [t for t in tasks if t in args.synth],
         "backbone": args.backbone, "img_size": args.img_size, "epochs": args.epochs, "seeds": args.seeds,
         "batch_size": args.batch_size, "lrs": args.lrs, "wds": args.wds, "seconds": seconds,
         "total_seconds": time.time() - started, "rows": rows,
@@ -239,7 +240,11 @@ def seed_counts(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     labels = list(dict.fromkeys(k for r in result["rows"] for k in r["methods"]))
-    lines = [f"# Accuracy on real photographs (`{result['backbone']}` at {result['img_size']} px)", "",
+    synthetic = result.get("synthetic_tasks", [])
+    kind = "real photographs" + (f" and built-in synthetic tasks ({', '.join(synthetic)})" if synthetic else "")
+    if synthetic and len(synthetic) == len(result["rows"]):
+        kind = f"built-in synthetic structured tasks ({', '.join(synthetic)})"
+    lines = [f"# Accuracy on {kind} (`{result['backbone']}` at {result['img_size']} px)", "",
              f"Command: `{result['command']}`  ", f"{result['date']}, {result['machine']}; {result['epochs']} "
              f"epochs, batch {result['batch_size']}, {seed_counts(result)}; grid "
              f"{'lrs ' + str(result['lrs']) if result['lrs'] else 'each method its own lrs'} x "

@@ -246,6 +246,15 @@ def test_accuracy_quick_runs_the_protocol_end_to_end(accuracy, tmp_path):
         assert all(len(m["seeds"]) == 2 for m in row["methods"].values())
     assert (tmp_path / "out" / "accuracy.md").read_text().count("| faces |") == 2  # table and paired row
     assert (tmp_path / "out" / "accuracy.png").stat().st_size > 0
+    assert (tmp_path / "out" / "accuracy.md").read_text().startswith("# Accuracy on real photographs (")
+
+
+def test_accuracy_title_says_when_tasks_are_synthetic(accuracy):
+    result = {"rows": [{"task": "dsprites_loc", "test_images": 4, "methods": {}, "paired": {}}], "seeds": 2,
+              "synthetic_tasks": ["dsprites_loc"], "backbone": "b", "img_size": 32, "command": "c", "date": "d",
+              "machine": "m", "epochs": 1, "batch_size": 2, "lrs": None, "wds": None, "total_seconds": 1.0,
+              "seconds": {}}
+    assert accuracy.markdown(result).startswith("# Accuracy on built-in synthetic structured tasks (dsprites_loc)")
 
 
 def test_memory_budget_gives_store_methods_their_whole_lr_grid(tmp_path):
