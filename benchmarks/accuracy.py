@@ -240,10 +240,13 @@ def seed_counts(result: dict) -> str:
 
 def markdown(result: dict) -> str:
     labels = list(dict.fromkeys(k for r in result["rows"] for k in r["methods"]))
-    synthetic = result.get("synthetic_tasks", [])
-    kind = "real photographs" + (f" and built-in synthetic tasks ({', '.join(synthetic)})" if synthetic else "")
-    if synthetic and len(synthetic) == len(result["rows"]):
-        kind = f"built-in synthetic structured tasks ({', '.join(synthetic)})"
+    synthetic = ", ".join(result.get("synthetic_tasks", []))
+    if not synthetic:
+        kind = "real photographs"
+    elif len(result["synthetic_tasks"]) == len(result["rows"]):
+        kind = f"built-in synthetic structured tasks ({synthetic})"
+    else:
+        kind = f"real photographs and built-in synthetic tasks ({synthetic})"
     lines = [f"# Accuracy on {kind} (`{result['backbone']}` at {result['img_size']} px)", "",
              f"Command: `{result['command']}`  ", f"{result['date']}, {result['machine']}; {result['epochs']} "
              f"epochs, batch {result['batch_size']}, {seed_counts(result)}; grid "

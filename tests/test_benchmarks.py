@@ -214,6 +214,8 @@ def test_accuracy_header_names_seed_counts_that_differ(accuracy):
     assert accuracy.seed_counts({"rows": [row], "seeds": 5}).startswith("seeds per method: linear 5, vqt-q10 15")
     row["methods"]["vqt-q10"]["seeds"] = [95.0] * 5
     assert accuracy.seed_counts({"rows": [row], "seeds": 3}) == "5 seeds"
+    other_task = {"methods": {"linear": {"seeds": [90.0] * 5}, "vqt-q10": {"seeds": [95.0] * 3}}}
+    assert accuracy.seed_counts({"rows": [row, other_task], "seeds": 5}) == "seeds per method: linear 5, vqt-q10 3/5"
 
 
 def test_real_tasks_are_balanced_and_their_test_images_unseen(tmp_path):
@@ -255,6 +257,8 @@ def test_accuracy_title_says_when_tasks_are_synthetic(accuracy):
               "machine": "m", "epochs": 1, "batch_size": 2, "lrs": None, "wds": None, "total_seconds": 1.0,
               "seconds": {}}
     assert accuracy.markdown(result).startswith("# Accuracy on built-in synthetic structured tasks (dsprites_loc)")
+    result["rows"].append({"task": "digits", "test_images": 4, "methods": {}, "paired": {}})
+    assert accuracy.markdown(result).startswith("# Accuracy on real photographs and built-in synthetic tasks (dspr")
 
 
 def test_memory_budget_gives_store_methods_their_whole_lr_grid(tmp_path):
