@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+from functools import partial
+
 import pytest
 import torch
 from peft.tuners.lora import LoraLayer
@@ -216,3 +219,54 @@ def test_feature_selection_leaves_the_global_random_stream_alone() -> None:
     assert torch.equal(torch.rand(3), expected)
     second = select_and_refit(features, labels, 2, keep_fraction=0.5, epochs=2, seed=7)
     assert torch.equal(first.indices, second.indices) and torch.equal(first.linear.weight, second.linear.weight)
+
+
+def plain_head_training(features, labels, head, *, epochs, lr, weight_decay, factor, batch_size=128, seed=0):
+    """The obvious loop: Adam, coupled L2 on the weight only, the lr set by hand at the start of every epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam([{"params": [head.weight], "weight_decay": weight_decay},
+                                  {"params": [head.bias], "weight_decay": 0.0}], lr=lr)
+    for epoch in range(epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor(epoch)
+        order = torch.randperm(len(features), generator=generator)
+        for start in range(0, len(features), batch_size):
+            index = order[start : start + batch_size]
+            loss = torch.nn.functional.cross_entropy(head(features[index]), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return head
+
+
+def test_head_fitting_follows_a_schedule_and_spares_the_bias_from_decay() -> None:
+    """The compression heads once trained at a constant rate with the bias decayed; the official trainer warms up,
+    decays with a cosine and exempts the head bias."""
+    from vqt.methods.feature_selection import fit_linear_head
+    from vqt.training.recipe import lr_factor
+
+    features, labels = torch.randn(300, 12), torch.randint(0, 3, (300,))
+    factor = partial(lr_factor, epochs=6, warmup_epochs=2)
+    torch.manual_seed(0)
+    ours = torch.nn.Linear(12, 3)
+    plain = copy.deepcopy(ours)
+    fit_linear_head(features, labels, ours, epochs=6, lr=0.5, weight_decay=0.1, lr_factor=factor, seed=3)
+    plain_head_training(features, labels, plain, epochs=6, lr=0.5, weight_decay=0.1, factor=factor, seed=3)
+    assert torch.allclose(ours.weight, plain.weight, atol=1e-6) and torch.allclose(ours.bias, plain.bias, atol=1e-6)
+    frozen = torch.nn.Linear(12, 3)  # a schedule of zeros trains nothing
+    before = copy.deepcopy(frozen.state_dict())
+    fit_linear_head(features, labels, frozen, epochs=3, lr=0.5, lr_factor=lambda epoch: 0.0)
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())
+
+
+def test_the_selection_probe_starts_from_the_reference_head() -> None:
+    """Untrained (0 epochs), the probe's column norms pick the features: they must be those of `init_head`'s
+    initialisation from the seed, as the official compression rebuilds the reference head before selecting."""
+    from vqt.methods.heads import init_head
+
+    features, labels = torch.randn(20, 30), torch.randint(0, 4, (20,))
+    head = select_and_refit(features, labels, 4, keep_fraction=0.3, epochs=0, seed=5)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        probe = init_head(torch.nn.Linear(30, 4))
+    assert torch.equal(head.indices, select_features(probe.weight, 0.3))

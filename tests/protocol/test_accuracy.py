@@ -68,7 +68,7 @@ def test_a_shared_cache_serves_compression_and_test_from_one_pass(store_and_data
     models = [randomised(create_method("head2toe", backbone, 5), seed) for seed in range(2)]
     passes = count_passes(monkeypatch)
     cache: dict = {}
-    compressed = [compress(m, store, keep_fraction=0.5, lr=0.01, weight_decay=0.0, epochs=2, seed=i,
+    compressed = [compress(m, store, keep_fraction=0.5, lr=0.01, weight_decay=0.0, epochs=2, warmup_epochs=0, seed=i,
                            feature_cache=cache) for i, m in enumerate(models)]
     got = accuracy.evaluate_store_models(models + compressed, store, cache=cache)
     assert len(passes) == 1

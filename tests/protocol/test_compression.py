@@ -40,3 +40,29 @@ def test_a_keep_fraction_compresses_a_user_task(shapes_root: Path, tmp_path: Pat
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert summary["keep"] == 0.5 and 0 <= summary["compressed_eval_accuracy"] <= 1
     assert (tmp_path / "o" / "adapter-compressed").is_dir()
+
+
+def test_compression_trains_on_the_recipes_schedule(monkeypatch) -> None:
+    """Both compression heads follow the run's warm-up + cosine (the official compression trainer reuses the run's
+    solver config); at a constant rate the last iterate was noisy enough to cost one seed 55 points."""
+    import torch
+
+    from vqt.protocol import compression
+    from vqt.training.recipe import lr_factor
+
+    seen: dict = {}
+
+    def spy(features, labels, num_classes, **kwargs):
+        seen.update(kwargs)
+        return torch.nn.Linear(features.shape[1], num_classes)
+
+    monkeypatch.setattr(compression, "select_and_refit", spy)
+    monkeypatch.setattr(compression, "shared_store_features",
+                        lambda model, store, cache: (torch.randn(8, 6), torch.zeros(8, dtype=torch.long)))
+    model = torch.nn.Module()
+    model.head = torch.nn.Linear(6, 3)
+    compression.compress(model, None, keep_fraction=0.5, lr=0.2, weight_decay=1e-4, epochs=20, warmup_epochs=4, seed=1)
+    assert seen["lr"] == pytest.approx(0.1) and seen["weight_decay"] == 1e-4 and seen["epochs"] == 20
+    assert [seen["lr_factor"](e) for e in range(20)] == [lr_factor(e, 20, 4) for e in range(20)]
+    assert seen["lr_factor"](0) == 0.0 and seen["lr_factor"](19) < 0.01
+

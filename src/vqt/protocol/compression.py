@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 from torch import nn
 
@@ -12,6 +13,7 @@ from vqt.errors import VQTError
 from vqt.features import FeatureStore
 from vqt.methods.feature_selection import select_and_refit
 from vqt.protocol.accuracy import shared_store_features
+from vqt.training.recipe import lr_factor
 
 
 def keep_fraction(spec: float | str | None, task: TaskSpec) -> float | None:
@@ -39,6 +41,7 @@ def compress(
     lr: float,
     weight_decay: float,
     epochs: int,
+    warmup_epochs: int,
     group_lasso: float = 1e-4,
     seed: int = 0,
     feature_cache: dict | None = None,
@@ -47,8 +50,10 @@ def compress(
 
     `lr` is the effective lr of the chosen configuration; the group-lasso selection head and the fresh head on the
     kept features both train at half of it (the reference notes give the half for the selection; the fresh head's
-    rate is not stated there, and this keeps the one rate the selection used). `feature_cache`: see
-    `shared_store_features` (Head2Toe's seeds share their training features).
+    rate is not stated there, and this keeps the one rate the selection used). Both follow the recipe's schedule
+    (`warmup_epochs` linear warm-up, then a half cosine over `epochs`), as the official compression trainer does with
+    the solver config of the run it compresses. `feature_cache`: see `shared_store_features` (Head2Toe's seeds share
+    their training features).
     """
     features, labels = shared_store_features(model, train_store, feature_cache)
     head = select_and_refit(
@@ -56,6 +61,7 @@ def compress(
         model.head.out_features if isinstance(model.head, nn.Linear) else model.head.linear.out_features,
         keep_fraction=keep_fraction, group_lasso=group_lasso, epochs=epochs, lr=lr / 2,
         weight_decay=weight_decay, seed=seed,
+        lr_factor=partial(lr_factor, epochs=epochs, warmup_epochs=warmup_epochs),
     )
     compressed = copy.copy(model)
     compressed._modules = dict(model._modules)

@@ -452,6 +452,7 @@ class Sweep:
             effective = scaled_lr(best["lr"], recipe.batch_size, recipe.scale_lr)
             compressed = [compress(m, trainval, keep_fraction=keep, lr=effective,
                                    weight_decay=best["weight_decay"], epochs=recipe.epochs,
+                                   warmup_epochs=recipe.warmup_epochs,
                                    group_lasso=float(c["group_lasso"]), seed=t.config.seed,
                                    feature_cache=self.task_features(ctx.task.name))
                           for t, m in zip([t for t in trained if t.model is not None], models, strict=True)]

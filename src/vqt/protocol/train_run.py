@@ -180,7 +180,8 @@ def finish_run(c: dict[str, Any], method: str, task: TaskSpec, run: RunDir, load
         models.append(compress(model, train_store, keep_fraction=float(keep),
                                lr=scaled_lr(recipe.lr, recipe.batch_size, recipe.scale_lr),
                                weight_decay=recipe.weight_decay, epochs=recipe.epochs,
-                               group_lasso=float(c["group_lasso"]), seed=recipe.seed))
+                               warmup_epochs=recipe.warmup_epochs, group_lasso=float(c["group_lasso"]),
+                               seed=recipe.seed))
     if c["eval_split"]:
         dataset = make_dataset(read_split(c["data_root"], task.name, c["eval_split"]), loaded.transform)
         accuracies = evaluate_images(models, dataset, batch_size=int(c["eval_batch"]),
