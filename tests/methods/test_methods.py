@@ -12,11 +12,19 @@ from peft.tuners.lora import LoraLayer
 from tests.tiny_models import masked_block, reference_vqt, tiny_vit
 from vqt.errors import VQTError
 from vqt.methods.adaptformer import AdaptFormer
-from vqt.methods.feature_selection import group_lasso_penalty, num_kept, select_and_refit, select_features
+from vqt.methods.feature_selection import (
+    fit_linear_head,
+    group_lasso_penalty,
+    num_kept,
+    select_and_refit,
+    select_features,
+)
 from vqt.methods.finetune import FineTune
 from vqt.methods.head2toe import Head2Toe
+from vqt.methods.heads import init_head
 from vqt.methods.lora import LoRA, SplitQKV
 from vqt.methods.registry import METHODS, create_method, get_method, trainable_parameter_count
+from vqt.training.recipe import lr_factor
 
 BATCH = 3
 IMAGES = torch.randn(BATCH, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -242,9 +250,6 @@ def plain_head_training(features, labels, head, *, epochs, lr, weight_decay, fac
 def test_head_fitting_follows_a_schedule_and_spares_the_bias_from_decay() -> None:
     """The compression heads once trained at a constant rate with the bias decayed; the official trainer warms up,
     decays with a cosine and exempts the head bias."""
-    from vqt.methods.feature_selection import fit_linear_head
-    from vqt.training.recipe import lr_factor
-
     features, labels = torch.randn(300, 12), torch.randint(0, 3, (300,))
     factor = partial(lr_factor, epochs=6, warmup_epochs=2)
     torch.manual_seed(0)
@@ -262,8 +267,6 @@ def test_head_fitting_follows_a_schedule_and_spares_the_bias_from_decay() -> Non
 def test_the_selection_probe_starts_from_the_reference_head() -> None:
     """Untrained (0 epochs), the probe's column norms pick the features: they must be those of `init_head`'s
     initialisation from the seed, as the official compression rebuilds the reference head before selecting."""
-    from vqt.methods.heads import init_head
-
     features, labels = torch.randn(20, 30), torch.randint(0, 4, (20,))
     head = select_and_refit(features, labels, 4, keep_fraction=0.3, epochs=0, seed=5)
     with torch.random.fork_rng(devices=[]):
