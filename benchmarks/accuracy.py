@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import real_tasks  # noqa: E402  (benchmarks/ is not a package)
@@ -48,6 +49,10 @@ METHODS: list[tuple[str, str, dict]] = [
     ("vqt-q10", "vqt", {"queries": 10}),
 ]
 BOOTSTRAP = 2000
+# what the runs in one table must share (a difference is refused: their accuracies would not compare); the lr x wd
+# grid and the seed count may differ, and the table names each method's
+SHARED_SETTINGS = ("backbone", "img_size", "epochs", "warmup_epochs", "batch_size", "store_dtype", "transform",
+                   "data_root")
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, seed: int = 0,
@@ -73,6 +78,29 @@ def per_image_correct(run: Path, task: str, test_store, backbone, compressed: bo
         features, labels = shared_store_features(model, test_store, cache)
         scores.append((model.head(features).argmax(-1) == labels).double().cpu().numpy())
     return np.mean(scores, axis=0)
+
+
+def run_configs(runs: dict[str, Path]) -> dict[str, dict]:
+    """Each run's config.yaml (what it was really run with, e.g. a --table-only call over runs from other calls)."""
+    configs = {label: yaml.safe_load((run / "config.yaml").read_text()) for label, run in runs.items()}
+    for key in SHARED_SETTINGS:
+        values = {label: config.get(key) for label, config in configs.items()}
+        if len({json.dumps(v, sort_keys=True) for v in values.values()}) > 1:
+            raise SystemExit(f"the runs differ in {key} (" + ", ".join(f"{k}: {v}" for k, v in values.items())
+                             + "): their accuracies do not compare in one table")
+    return configs
+
+
+def grid_text(result: dict) -> str:
+    """'grid lrs [..] x wds [..]' when every method ran the same grid, else each method's."""
+    grids = result.get("grids")
+    if not grids:  # a result written before the runs' own grids were recorded
+        return (f"grid {'lrs ' + str(result['lrs']) if result['lrs'] else 'each method its own lrs'} x "
+                f"{'wds ' + str(result['wds']) if result['wds'] else 'its own wds'}")
+    if len({json.dumps(g) for g in grids.values()}) == 1:
+        grid = next(iter(grids.values()))
+        return f"grid lrs {grid['lrs']} x wds {grid['wds']}"
+    return "grids per method: " + "; ".join(f"{k} lrs {g['lrs']} x wds {g['wds']}" for k, g in grids.items())
 
 
 def comparisons(labels: list[str]) -> list[tuple[str, str]]:
@@ -183,13 +211,15 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"tasks not finished by every method, left out of the table: {', '.join(left)}", flush=True)
         tasks = finished
 
-    backbone = create_backbone(args.backbone, img_size=args.img_size)
+    configs = run_configs(runs)
+    budget = next(iter(configs.values()))  # the same for every run (run_configs)
+    backbone = create_backbone(budget["backbone"], img_size=budget["img_size"])
     transform, description = build_transform("backbone", backbone, img_size=describe(backbone)["img_size"])
     rows = []
     for task in tasks:
-        store = task_store(backbone, backbone_spec=args.backbone, data_root=args.root, task=task, split="test",
-                           transform=transform, transform_description=description, store_dir=args.root / "stores",
-                           dtype=args.store_dtype, progress=False)
+        store = task_store(backbone, backbone_spec=budget["backbone"], data_root=Path(budget["data_root"]), task=task,
+                           split="test", transform=transform, transform_description=description,
+                           store_dir=args.root / "stores", dtype=budget["store_dtype"], progress=False)
         scores: dict[str, np.ndarray] = {}
         row: dict = {"task": task, "test_images": len(store), "methods": {}}
         for label in runs:
@@ -215,8 +245,10 @@ def main(argv: list[str] | None = None) -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "synthetic_tasks": [t for t in tasks if t in args.synth],
-        "backbone": args.backbone, "img_size": args.img_size, "epochs": args.epochs, "seeds": args.seeds,
-        "batch_size": args.batch_size, "lrs": args.lrs, "wds": args.wds, "seconds": seconds,
+        "backbone": budget["backbone"], "img_size": budget["img_size"], "epochs": budget["epochs"],
+        "warmup_epochs": budget["warmup_epochs"], "seeds": args.seeds, "batch_size": budget["batch_size"],
+        "lrs": args.lrs, "wds": args.wds, "grids": {k: {"lrs": c["lrs"], "wds": c["wds"]} for k, c in configs.items()},
+        "seconds": seconds,
         "total_seconds": time.time() - started, "rows": rows,
     }
     (args.out / "accuracy.json").write_text(json.dumps(result, indent=1))
@@ -249,9 +281,7 @@ def markdown(result: dict) -> str:
         kind = f"real photographs and built-in synthetic tasks ({synthetic})"
     lines = [f"# Accuracy on {kind} (`{result['backbone']}` at {result['img_size']} px)", "",
              f"Command: `{result['command']}`  ", f"{result['date']}, {result['machine']}; {result['epochs']} "
-             f"epochs, batch {result['batch_size']}, {seed_counts(result)}; grid "
-             f"{'lrs ' + str(result['lrs']) if result['lrs'] else 'each method its own lrs'} x "
-             f"{'wds ' + str(result['wds']) if result['wds'] else 'its own wds'}; total "
+             f"epochs, batch {result['batch_size']}, {seed_counts(result)}; {grid_text(result)}; total "
              f"{result['total_seconds'] / 60:.0f} min.", "",
              "| task | test images | " + " | ".join(labels) + " |", "|---|---:|" + "---:|" * len(labels)]
     for r in result["rows"]:

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.tiny_models import tiny_vit
 from vqt.data.registry import TASKS
@@ -278,3 +279,24 @@ def test_memory_budget_gives_store_methods_their_whole_lr_grid(tmp_path):
         assert config["lrs"] == list(lrs[:2]) and "test_store" not in config and config["tuned_layers"] == tuned
     assert memory_budget.sweep_config(args, *variants["vqt+adaptformer"], tmp_path / "c")["queries"] == 1
     assert variants["vpt-deep"][2][:2] == (0.01, 0.002)  # 0.25 and 0.05 diverged (train loss 23)
+
+
+def test_accuracy_table_names_each_runs_own_grid_and_refuses_other_budgets(accuracy, tmp_path):
+    def run(name: str, **changes) -> Path:
+        config = {"backbone": "b", "img_size": 224, "epochs": 100, "warmup_epochs": 10, "batch_size": 128,
+                  "store_dtype": "float16", "transform": "backbone", "data_root": "/r", "lrs": [1.0, 0.25],
+                  "wds": [0.0]}
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text(yaml.safe_dump({**config, **changes}))
+        return tmp_path / name
+
+    runs = {"linear": run("linear", lrs=[1.0, 0.5], wds=[0.01, 0.0]), "vqt-q1": run("vqt")}
+    configs = accuracy.run_configs(runs)
+    result = {"grids": {k: {"lrs": c["lrs"], "wds": c["wds"]} for k, c in configs.items()}}
+    assert accuracy.grid_text(result) == ("grids per method: linear lrs [1.0, 0.5] x wds [0.01, 0.0]; "
+                                          "vqt-q1 lrs [1.0, 0.25] x wds [0.0]")
+    result["grids"]["linear"] = result["grids"]["vqt-q1"]
+    assert accuracy.grid_text(result) == "grid lrs [1.0, 0.25] x wds [0.0]"
+    runs["head2toe"] = run("h2t", epochs=20)
+    with pytest.raises(SystemExit, match="differ in epochs"):
+        accuracy.run_configs(runs)
