@@ -2,12 +2,12 @@
 
 For every seed of finished `benchmarks/accuracy.py` runs (a method compressed with --compress: Head2Toe or VQT
 Q = 1), the compressed head is retrained from the saved adapter twice in one process: once with both compression
-heads at a constant rate (as before the fix) and once on the run's warm-up + cosine (what `vqt.protocol.compress`
-does now, as the official compression trainer does). Both use today's other choices (reference initialisation,
-decay on the weight only), so the two columns differ in the schedule alone; the first column is the compressed
-accuracy the sweep itself recorded: the code before the fix for runs made before it (commit 678b7db), and for later
-runs the same numbers as the last column (a check that the benchmark retrains what the sweep does). Same chosen lr /
-wd, seed, train800val200 store and test store as the sweep.
+heads at a constant rate (as before the fix) and once through `vqt.protocol.compress`, the sweep's own call (the
+run's warm-up + cosine, as the official compression trainer does). Both use today's other choices (reference
+initialisation, decay on the weight only), so the two columns differ in the schedule alone; the first column is
+the compressed accuracy the sweep itself recorded: the code before the fix for runs made before it (commit
+678b7db), and for later runs the same numbers as the last column (a check that the benchmark retrains what the
+sweep does). Same chosen lr / wd, seed, train800val200 store and test store as the sweep.
 
     python benchmarks/compression_schedule.py --root /tmp/realroot \
         --run digits=/tmp/fullgrid/runs/head2toe --run digits=/tmp/q10d/runs/vqt-q1 --out /tmp/compression.md
@@ -22,7 +22,6 @@ import shlex
 import sys
 import time
 from datetime import datetime, timezone
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,9 @@ from vqt.checkpoint.trained import load_trained
 from vqt.data.transforms import build_transform
 from vqt.methods.feature_selection import select_and_refit
 from vqt.protocol.accuracy import shared_store_features
+from vqt.protocol.compression import compress
 from vqt.protocol.stores import task_store
-from vqt.training.recipe import lr_factor, scaled_lr
+from vqt.training.recipe import scaled_lr
 
 
 def main(argv: list[str] | None = None) -> str:
@@ -68,21 +68,26 @@ def main(argv: list[str] | None = None) -> str:
         trainval, test = store("train800val200"), store("test")
         summary = json.loads((run / "tasks" / task / "summary.json").read_text())
         epochs, warmup = int(config["epochs"]), int(config["warmup_epochs"])
-        lr = scaled_lr(summary["lr"], int(config["batch_size"])) / 2  # half the chosen effective lr, as the sweep
+        lr = scaled_lr(summary["lr"], int(config["batch_size"]))  # the chosen effective lr, as the sweep passes it
+        group_lasso, weight_decay = float(config["group_lasso"]), summary["weight_decay"]
         scores: dict[str, list[float]] = {"constant": [], "schedule": []}
         cache: dict = {}
         for record in summary["final"]:
             model, _ = load_trained(run / "tasks" / task / "final" / f"seed{record['seed']}" / "adapter", backbone)
             features, labels = shared_store_features(model, trainval, cache)
             test_features, test_labels = shared_store_features(model, test, cache)
-            for name, factor in (("constant", None), ("schedule", partial(lr_factor, epochs=epochs,
-                                                                          warmup_epochs=warmup))):
-                head = select_and_refit(features, labels, summary["num_classes"], keep_fraction=record["keep"],
-                                        group_lasso=float(config["group_lasso"]), epochs=epochs, lr=lr,
-                                        weight_decay=summary["weight_decay"], seed=record["seed"], lr_factor=factor)
-                with torch.no_grad():
+            heads = {  # the sweep's own call, and the same heads at compress()'s rate (half the lr) held constant
+                "schedule": compress(model, trainval, keep_fraction=record["keep"], lr=lr, weight_decay=weight_decay,
+                                     epochs=epochs, warmup_epochs=warmup, group_lasso=group_lasso,
+                                     seed=record["seed"], feature_cache=cache).head,
+                "constant": select_and_refit(features, labels, summary["num_classes"], keep_fraction=record["keep"],
+                                             group_lasso=group_lasso, epochs=epochs, lr=lr / 2,
+                                             weight_decay=weight_decay, seed=record["seed"]),
+            }
+            with torch.no_grad():
+                for name, head in heads.items():
                     correct = (head(test_features).argmax(-1) == test_labels).double().mean().item()
-                scores[name].append(100 * correct)
+                    scores[name].append(100 * correct)
         recorded = [100 * r["compressed_test_accuracy"] for r in summary["final"]]
 
         def cell(values: list[float]) -> str:
