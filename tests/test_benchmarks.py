@@ -300,3 +300,14 @@ def test_accuracy_table_names_each_runs_own_grid_and_refuses_other_budgets(accur
     runs["head2toe"] = run("h2t", epochs=20)
     with pytest.raises(SystemExit, match="differ in epochs"):
         accuracy.run_configs(runs)
+
+
+def test_compression_schedule_retrains_what_the_sweep_recorded(accuracy, tmp_path):
+    """On a run made with today's code, the scheduled column (vqt.protocol.compress) must equal the sweep's record."""
+    root, out = tmp_path / "root", tmp_path / "out"
+    accuracy.main(["--quick", "--root", str(root), "--out", str(out), "--tasks", "faces", "--methods", "head2toe"])
+    text = load("compression_schedule").main(["--root", str(root), "--run", f"faces={out / 'runs' / 'head2toe'}",
+                                              "--out", str(tmp_path / "schedule.md")])
+    row = next(line for line in text.splitlines() if line.startswith("| faces |"))
+    recorded, constant, schedule = [cell.strip() for cell in row.strip("|").split("|")][3:]
+    assert recorded == schedule and "±" in constant
