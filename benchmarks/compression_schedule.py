@@ -33,7 +33,7 @@ from vqt.checkpoint.trained import load_trained
 from vqt.data.transforms import build_transform
 from vqt.methods.feature_selection import select_and_refit
 from vqt.protocol.accuracy import shared_store_features
-from vqt.protocol.compression import compress
+from vqt.protocol.compression import HEAD_LR_FRACTION, compress
 from vqt.protocol.stores import task_store
 from vqt.training.recipe import scaled_lr
 
@@ -76,12 +76,12 @@ def main(argv: list[str] | None = None) -> str:
             model, _ = load_trained(run / "tasks" / task / "final" / f"seed{record['seed']}" / "adapter", backbone)
             features, labels = shared_store_features(model, trainval, cache)
             test_features, test_labels = shared_store_features(model, test, cache)
-            heads = {  # the sweep's own call, and the same heads at compress()'s rate (half the lr) held constant
+            heads = {  # the sweep's own call, and the same heads at compress()'s rate held constant
                 "schedule": compress(model, trainval, keep_fraction=record["keep"], lr=lr, weight_decay=weight_decay,
                                      epochs=epochs, warmup_epochs=warmup, group_lasso=group_lasso,
                                      seed=record["seed"], feature_cache=cache).head,
                 "constant": select_and_refit(features, labels, summary["num_classes"], keep_fraction=record["keep"],
-                                             group_lasso=group_lasso, epochs=epochs, lr=lr / 2,
+                                             group_lasso=group_lasso, epochs=epochs, lr=lr * HEAD_LR_FRACTION,
                                              weight_decay=weight_decay, seed=record["seed"]),
             }
             with torch.no_grad():

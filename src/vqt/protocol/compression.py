@@ -15,6 +15,8 @@ from vqt.methods.feature_selection import select_and_refit
 from vqt.protocol.accuracy import shared_store_features
 from vqt.training.recipe import lr_factor
 
+HEAD_LR_FRACTION = 0.5  # both compression heads train at this fraction of the chosen effective lr (see `compress`)
+
 
 def keep_fraction(spec: float | str | None, task: TaskSpec) -> float | None:
     """The fraction of features `--compress spec` keeps on `task` (None: not compressed).
@@ -59,7 +61,7 @@ def compress(
     head = select_and_refit(
         features, labels,
         model.head.out_features if isinstance(model.head, nn.Linear) else model.head.linear.out_features,
-        keep_fraction=keep_fraction, group_lasso=group_lasso, epochs=epochs, lr=lr / 2,
+        keep_fraction=keep_fraction, group_lasso=group_lasso, epochs=epochs, lr=lr * HEAD_LR_FRACTION,
         weight_decay=weight_decay, seed=seed,
         lr_factor=partial(lr_factor, epochs=epochs, warmup_epochs=warmup_epochs),
     )
