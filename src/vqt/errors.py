@@ -40,6 +40,11 @@ def os_error_message(error: OSError) -> str:
     return f"{where}: {reason}" if where else reason
 
 
+def user_message(error: VQTError | OSError) -> str:
+    """What `vqt: error: ...` says for a user error: OS errors via `os_error_message`, others their message."""
+    return os_error_message(error) if isinstance(error, OSError) else str(error)
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none); OS errors via
     `os_error_message`, so a user error is always one line."""

@@ -17,7 +17,7 @@ import os
 import sys
 
 from vqt.distributed import launched_by_torchrun
-from vqt.errors import VQTError, os_error_message
+from vqt.errors import VQTError, user_message
 
 # Sub-command modules, in the order `vqt --help` lists them.
 COMMAND_MODULES = ("demo", "info", "bench", "data", "train", "sweep", "eval", "predict", "export", "serve", "push",
@@ -85,8 +85,10 @@ def run_command(args: argparse.Namespace, prefix: str = "") -> int:
     except (VQTError, OSError) as error:
         if args.debug:
             raise
-        message = os_error_message(error) if isinstance(error, OSError) else str(error)
-        print(f"vqt: error: {prefix}{message}", file=sys.stderr)
+        from vqt.distributed.context import already_reported
+
+        if not already_reported(error):  # a rank that told the others of its failure printed its line first
+            print(f"vqt: error: {prefix}{user_message(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"vqt: {prefix}interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from vqt.distributed import launched_by_torchrun
-from vqt.errors import VQTError, first_line
+from vqt.errors import VQTError, first_line, user_message
 
 TIMEOUT_ENV = "VQT_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0  # torch's own default for gloo; long enough for a rank that finishes its shard late
@@ -61,6 +62,7 @@ class DistContext:
 _SINGLE = DistContext()
 _current: DistContext = _SINGLE
 _coordination: Any = None  # the gloo group barriers and argument checks run on
+_reported: list[BaseException] = []  # errors whose line `report_before_telling` printed
 
 
 def timeout_seconds() -> float:
@@ -219,6 +221,20 @@ def broadcast_object(value: Any, what: str) -> Any:
             f"working (raise {TIMEOUT_ENV} if it is only slow)"
         ) from error
     return holder[0]
+
+
+def report_before_telling(error: BaseException) -> None:
+    """Print this rank's `vqt: error: [rank R/W] ...` line now, before the other ranks hear of the failure: once
+    they do, one of them may exit non-zero and torchrun then stops every rank, so a line printed later (by the
+    CLI, on the way out) could be lost. The CLI does not print an error reported here a second time."""
+    if isinstance(error, (VQTError, OSError)):
+        print(f"vqt: error: {log_prefix()}{user_message(error)}", file=sys.stderr, flush=True)
+        _reported.append(error)
+
+
+def already_reported(error: BaseException) -> bool:
+    """Whether `report_before_telling` printed this error's line already."""
+    return any(error is reported for reported in _reported)
 
 
 def check_same_arguments(argv: Sequence[str]) -> None:

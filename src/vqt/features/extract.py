@@ -35,6 +35,7 @@ from vqt.distributed.context import (
     broadcast_object,
     current,
     progress_enabled,
+    report_before_telling,
 )
 from vqt.distributed.shards import contiguous_shard
 from vqt.errors import StoreError, first_line
@@ -179,7 +180,8 @@ def extract_features(
         if position != rows.stop:
             raise StoreError(f"the dataset yielded {position} images but has length {count}")
     except BaseException as error:
-        if sharded:  # tell the others why their wait for this rank ends, then stop with this rank's own error
+        if sharded:  # print this rank's error, tell the others why their wait for it ends, stop with the error
+            report_before_telling(error)
             with contextlib.suppress(DistributedError):
                 _gather_failures(first_line(error), out)
         raise
@@ -214,6 +216,7 @@ def _prepare_on_rank_0(out: Path, meta: dict[str, Any], expect: dict[str, Any], 
             if not sharded:
                 raise
             failed = error
+            report_before_telling(error)
     if sharded:
         complete, message = broadcast_object(
             (complete, None if failed is None else first_line(failed)), f"the state of feature store {out}"
