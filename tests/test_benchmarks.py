@@ -241,8 +241,10 @@ def test_real_tasks_are_balanced_and_their_test_images_unseen(tmp_path):
 
 def test_accuracy_quick_runs_the_protocol_end_to_end(accuracy, tmp_path):
     result = accuracy.main(["--quick", "--root", str(tmp_path / "root"), "--out", str(tmp_path / "out"),
-                            "--tasks", "faces", "textures", "--methods", "linear", "vqt-q1"])
+                            "--tasks", "faces", "textures", "--methods", "linear", "vqt-q1", "--grid-chunk", "1"])
     assert [r["task"] for r in result["rows"]] == ["faces", "textures"]
+    run_config = (tmp_path / "out" / "runs" / "vqt-q1" / "config.yaml").read_text()
+    assert "grid_chunk: 1\n" in run_config  # one configuration per unit: processes with this command share it
     for row in result["rows"]:
         assert set(row["methods"]) == {"linear", "vqt-q1", "vqt-q1-compressed"}
         assert set(row["paired"]) == {"vqt-q1 - linear"}
