@@ -183,8 +183,13 @@ def test_a_worker_stopped_by_the_stop_counter_leaves_the_rest_to_another(data_ro
                                                                         reference: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = sweep_args(data_root, out, "dsprites_ori", *CHUNK)
-    quitter, finisher = worker(args, VQT_STOP_AFTER_UNITS="1"), worker(args)
-    logs = [quitter.communicate(timeout=300), finisher.communicate(timeout=300)]
+    # one after the other: started together, the finisher could take every unit before the quitter claimed one
+    # (the quitter then exits 0 with nothing done: seen once under load)
+    quitter = worker(args, VQT_STOP_AFTER_UNITS="1")
+    logs = [quitter.communicate(timeout=300)]
+    finisher = worker(args)
+    logs.append(finisher.communicate(timeout=300))
     assert (quitter.returncode, finisher.returncode) == (130, 0), [err[-2000:] for _, err in logs]
     assert len(units_trained(logs[0][1])) == 1
+    assert len(units_trained(logs[1][1])) == 5  # the other worker did the rest, nothing twice
     same_results(out, reference)
