@@ -184,7 +184,8 @@ def test_a_worker_stopped_by_the_stop_counter_leaves_the_rest_to_another(data_ro
     out = tmp_path / "run"
     args = sweep_args(data_root, out, "dsprites_ori", *CHUNK)
     # one after the other: started together, the finisher could take every unit before the quitter claimed one
-    # (the quitter then exits 0 with nothing done: seen once under load)
+    # (the quitter then exits 0 with nothing done: seen once in a full test run); concurrent sharing is
+    # test_two_workers_on_one_run_folder_equal_one_process's
     quitter = worker(args, VQT_STOP_AFTER_UNITS="1")
     logs = [quitter.communicate(timeout=300)]
     finisher = worker(args)
